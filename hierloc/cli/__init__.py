@@ -1,0 +1,1 @@
+"""The `hierloc` command line: one module per subcommand."""

@@ -1,0 +1,77 @@
+"""The NetVLAD layer of MobileNetVLAD (the original TF `vlad` + `dimensionality_reduction`).
+
+Memberships: 1x1 conv (no bias) + BatchNorm with offset and no scale, softmax over clusters.
+Residuals are `cluster - feature` weighted by membership and summed over the image; each cluster
+is L2-normalised, the [K, D] result is flattened cluster-major and L2-normalised again. An
+optional fully connected layer (with bias) reduces the dimension, followed by L2.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+TF_L2_EPSILON = 1e-12
+
+
+def l2_normalize_tf(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """tf.nn.l2_normalize: x / sqrt(max(sum(x^2), 1e-12))."""
+    return x * torch.rsqrt(torch.clamp((x * x).sum(dim=dim, keepdim=True), min=TF_L2_EPSILON))
+
+
+class BatchNormNoScale(nn.Module):
+    """BatchNorm with a learned offset but no scale (TF-slim `batch_norm(scale=False)`)."""
+
+    def __init__(self, num_features: int, eps: float = 1e-3, momentum: float = 0.01) -> None:
+        super().__init__()
+        self.eps = eps
+        self.momentum = momentum
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(x, self.running_mean, self.running_var, None, self.bias,
+                            self.training, self.momentum, self.eps)
+
+
+class NetVLAD(nn.Module):
+    """MobileNetVLAD's VLAD pooling: [B, D, H, W] -> [B, K*D] (or [B, reduction_dim])."""
+
+    def __init__(
+        self,
+        input_dim: int,
+        num_clusters: int = 32,
+        intermediate_proj: int | None = None,
+        reduction_dim: int | None = 4096,
+        bn_eps: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        self.num_clusters = num_clusters
+        self.intermediate_proj = None
+        if intermediate_proj:
+            self.intermediate_proj = nn.Sequential(
+                nn.Conv2d(input_dim, intermediate_proj, 1, bias=False), BatchNormNoScale(intermediate_proj, bn_eps)
+            )
+            input_dim = intermediate_proj
+        self.feature_dim = input_dim
+        self.memberships = nn.Conv2d(input_dim, num_clusters, 1, bias=False)
+        self.memberships_bn = BatchNormNoScale(num_clusters, bn_eps)
+        self.clusters = nn.Parameter(torch.randn(num_clusters, input_dim) * 0.1)
+        self.reduction = nn.Linear(num_clusters * input_dim, reduction_dim) if reduction_dim else None
+        self.output_dim = reduction_dim or num_clusters * input_dim
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.intermediate_proj is not None:
+            features = self.intermediate_proj(features)
+        memberships = torch.softmax(self.memberships_bn(self.memberships(features)), dim=1)
+        a = memberships.flatten(2).float()  # [B, K, N]
+        x = features.flatten(2).float()  # [B, D, N]
+        # sum_n a_kn (c_k - x_n) = c_k * sum_n a_kn - sum_n a_kn x_n, without the [B, K, D, N] tensor.
+        vlad = a.sum(-1, keepdim=True) * self.clusters.float() - torch.bmm(a, x.transpose(1, 2))
+        vlad = l2_normalize_tf(vlad, dim=-1)  # intra-normalisation
+        vlad = l2_normalize_tf(vlad.flatten(1), dim=-1)  # cluster-major
+        if self.reduction is not None:
+            vlad = l2_normalize_tf(F.linear(vlad, self.reduction.weight.float(), self.reduction.bias.float()))
+        return vlad

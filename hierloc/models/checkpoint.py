@@ -1,0 +1,79 @@
+"""hierloc checkpoints: configuration + state dict + provenance, loaded without unpickling code."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+from ..utils.io import atomic_path
+
+CHECKPOINT_FORMAT = "hierloc-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, corrupt, foreign or does not fit the model."""
+
+
+def save_checkpoint(model, path: str | os.PathLike, provenance: dict[str, Any] | None = None) -> Path:
+    """Write `model` (a GlobalDescriptorModel) with its configuration to `path`, atomically."""
+    from .configs import config_to_dict
+
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "hierloc_version": __version__,
+        "model_name": model.name,
+        "model_kind": model.kind,
+        "config": config_to_dict(model.config),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "provenance": provenance or {},
+    }
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint file safely (`weights_only=True`), with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated or foreign files
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path}: expected a dict of tensors, found {type(payload).__name__}")
+    return payload
+
+
+def is_hierloc_checkpoint(payload: dict[str, Any]) -> bool:
+    """True when `payload` was written by `save_checkpoint`."""
+    return payload.get("format") == CHECKPOINT_FORMAT
+
+
+def load_state_dict_strict(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Load with every key matched and every shape equal, or raise naming the offending keys."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    mismatched = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys (e.g. {missing[:3]})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} keys (e.g. {unexpected[:3]})")
+        if mismatched:
+            parts.append(f"{len(mismatched)} shape mismatches (e.g. {mismatched[:2]})")
+        raise CheckpointError(f"{source}: does not fit the model: " + "; ".join(parts))
+    module.load_state_dict(state_dict, strict=True)

@@ -1,0 +1,53 @@
+"""MobileNetVLAD: a MobileNetV2 trunk pooled by NetVLAD, distilled from NetVLAD (CoRL 2018)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .aggregation import NetVLAD
+from .backbones import MobileNetV2
+from .base import GlobalDescriptorModel
+from .configs import MobileNetVLADConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class MobileNetVLAD(GlobalDescriptorModel):
+    """Grayscale (or RGB) image -> MobileNetV2 endpoint -> NetVLAD -> optional FC reduction."""
+
+    kind = "mobilenetvlad"
+
+    def __init__(self, config: MobileNetVLADConfig | None = None, name: str = "mobilenetvlad") -> None:
+        config = config or MobileNetVLADConfig()
+        super().__init__(name, config)
+        if config.normalization not in ("tf", "imagenet"):
+            raise ValueError(f"unknown input normalization {config.normalization!r}: use 'tf' or 'imagenet'")
+        if config.input_channels not in (1, 3):
+            raise ValueError("input_channels must be 1 (grayscale) or 3 (RGB)")
+        self.input_channels = config.input_channels
+        self.backbone = MobileNetV2(
+            config.depth_multiplier, config.endpoint, tf_same_padding=config.tf_same_padding, bn_eps=config.bn_eps
+        )
+        self.aggregation = NetVLAD(
+            self.backbone.out_channels, config.num_clusters, config.intermediate_proj, config.reduction_dim,
+            bn_eps=config.bn_eps,
+        )
+        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if config.normalization == "imagenet" else ((0.5,) * 3, (0.5,) * 3)
+        # Stored as buffers (not in checkpoints) so that .to(device) and dtype casts follow the model.
+        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0, persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1) * 255.0, persistent=False)
+
+    def normalize_input(self, images: torch.Tensor) -> torch.Tensor:
+        if self.config.normalization == "tf":
+            # The original: (x - 128) / 128 on grayscale, then tiled to the 3 input channels.
+            images = (images - 128.0) / 128.0
+            return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        return (images - self.pixel_mean) / self.pixel_std
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """Trunk parameters (frozen by the original's `train_backbone: false`)."""
+        return list(self.backbone.parameters())

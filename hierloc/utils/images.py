@@ -1,0 +1,68 @@
+"""Image reading with clear errors, and listing of image files in folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable
+
+import cv2
+import numpy as np
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class ImageReadError(RuntimeError):
+    """An image file is missing, unreadable, truncated or not an image."""
+
+
+def read_image(path: str | os.PathLike, grayscale: bool = False) -> np.ndarray:
+    """Read an image as HxW (grayscale) or HxWx3 RGB, keeping its bit depth (uint8/uint16/float)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: no such image file")
+    data = np.fromfile(str(path), dtype=np.uint8)
+    if data.size == 0:
+        raise ImageReadError(f"{path}: the file is empty")
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        raise ImageReadError(f"{path}: not a readable image (corrupt, truncated or unknown format)")
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = image[:, :, :3]
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if grayscale and image.ndim == 3:
+        image = to_grayscale(image)
+    return image
+
+
+def to_grayscale(image: np.ndarray) -> np.ndarray:
+    """RGB (HxWx3) to grayscale (HxW) with the ITU-R 601 weights, keeping the dtype."""
+    if image.ndim == 2:
+        return image
+    if image.ndim == 3 and image.shape[2] == 1:
+        return image[:, :, 0]
+    gray = image[..., 0] * 0.299 + image[..., 1] * 0.587 + image[..., 2] * 0.114
+    if np.issubdtype(image.dtype, np.integer):
+        gray = np.round(gray).astype(image.dtype)
+    return gray.astype(image.dtype, copy=False)
+
+
+def list_images(inputs: Iterable[str | os.PathLike], recursive: bool = True) -> list[tuple[Path, str]]:
+    """Expand files and folders to (path, name) pairs; names are relative to the given folder."""
+    found: list[tuple[Path, str]] = []
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            pattern = "**/*" if recursive else "*"
+            files = sorted(p for p in item.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            found.extend((p, p.relative_to(item).as_posix()) for p in files)
+        elif item.is_file():
+            found.append((item, item.name))
+        else:
+            raise FileNotFoundError(f"{item}: no such file or folder")
+    names = [name for _, name in found]
+    if len(set(names)) != len(names):
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"several inputs give the same image name: {duplicated[:5]}")
+    return found
