@@ -96,3 +96,12 @@ def get_model_spec(name: str) -> ModelSpec:
     if name not in MODEL_SPECS:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(MODEL_SPECS))}")
     return MODEL_SPECS[name]
+
+
+# Model names used by the original deployment code, as stored in its index files.
+MODEL_ALIASES = {"mobilenetvlad_depth-0.35": "mobilenetvlad"}
+
+
+def canonical_model_name(name: str) -> str:
+    """hierloc's name for a model name found in an index (the original's names are aliases)."""
+    return MODEL_ALIASES.get(name, name)

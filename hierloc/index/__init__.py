@@ -1,0 +1,43 @@
+"""Global-descriptor index of map keyframes: storage (protobuf and HDF5), PCA and nearest-neighbour retrieval."""
+
+from hierloc.index.descriptor_index import DescriptorIndex
+from hierloc.index.errors import IndexCompatibilityError, IndexFormatError, IndexValidationError
+from hierloc.index.ids import id_to_pair, is_valid_id, normalize_id, pair_to_id, stable_id
+from hierloc.index.io import convert_index, detect_format, format_for_path, load_index, save_index
+from hierloc.index.native_format import read_native_index, write_native_index
+from hierloc.index.pca import PCA, l2_normalize
+from hierloc.index.proto_format import decode_proto_index, encode_proto_index, read_proto_index, write_proto_index
+from hierloc.index.retriever import Retrieval, Retriever
+from hierloc.index.search import FlatSearch, SearchBackend, available_backends, make_backend, register_backend
+
+__all__ = [
+    "DescriptorIndex",
+    "FlatSearch",
+    "IndexCompatibilityError",
+    "IndexFormatError",
+    "IndexValidationError",
+    "PCA",
+    "Retrieval",
+    "Retriever",
+    "SearchBackend",
+    "available_backends",
+    "convert_index",
+    "decode_proto_index",
+    "detect_format",
+    "encode_proto_index",
+    "format_for_path",
+    "id_to_pair",
+    "is_valid_id",
+    "l2_normalize",
+    "load_index",
+    "make_backend",
+    "normalize_id",
+    "pair_to_id",
+    "read_native_index",
+    "read_proto_index",
+    "register_backend",
+    "save_index",
+    "stable_id",
+    "write_native_index",
+    "write_proto_index",
+]

@@ -1,0 +1,198 @@
+"""hierloc's native index format: one HDF5 file that loads fast at scale.
+
+Layout (format version 1):
+  attrs        format="hierloc.descriptor_index", format_version, model_name, data_name,
+               descriptor_size, num_frames, descriptor_dtype, metadata_json
+  descriptors  (N, D) float32 or float16, chunked by rows
+  keyframe_ids (N,) fixed 32-byte ASCII hex ids
+  missions, names, resource_names  (N,) UTF-8 strings
+  frame_index  (N,) uint32
+  positions    (N, 3) float64, rotations (N, 3, 3) float64 (both optional)
+  pca/         optional group: mean, components, explained_variance datasets; whiten,
+               num_fit_samples, format, version attrs (see PCA.to_dict)
+Every fixed-size dataset carries a Fletcher-32 checksum so that flipped bytes are reported
+instead of read (HDF5 cannot checksum the variable-length strings).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import h5py
+import numpy as np
+
+from hierloc.index.descriptor_index import DescriptorIndex
+from hierloc.index.errors import IndexFormatError, IndexValidationError
+from hierloc.index.pca import PCA
+from hierloc.utils.io import atomic_path
+
+NATIVE_FORMAT = "hierloc.descriptor_index"
+NATIVE_FORMAT_VERSION = 1
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+DESCRIPTOR_DTYPES = ("float32", "float16")
+
+_CHUNK_BYTES = 2**20
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
+_STRING_DATASETS = ("missions", "names", "resource_names")
+_PCA_ARRAYS = ("mean", "components", "explained_variance")
+
+
+def _create_dataset(group: h5py.Group, name: str, data: np.ndarray, compression: str | None = None) -> None:
+    row_bytes = max(1, int(np.prod(data.shape[1:], dtype=np.int64)) * data.dtype.itemsize)
+    rows = max(1, min(len(data), _CHUNK_BYTES // row_bytes))
+    # HDF5 cannot filter variable-length strings, so those go without a checksum.
+    fixed_size = h5py.check_string_dtype(data.dtype) is None or data.dtype.kind == "S"
+    group.create_dataset(
+        name,
+        data=data,
+        chunks=(rows, *data.shape[1:]),
+        maxshape=(None, *data.shape[1:]),  # also lets an empty (0, ...) dataset have a chunk shape
+        fletcher32=fixed_size,
+        compression=compression,
+    )
+
+
+def write_native_index(
+    index: DescriptorIndex,
+    path: str | os.PathLike,
+    *,
+    dtype: str = "float32",
+    compression: str | None = None,
+) -> None:
+    """Write an index atomically as HDF5; `dtype` float16 halves the size, `compression` e.g. "gzip"."""
+    index.validate()
+    if dtype not in DESCRIPTOR_DTYPES:
+        raise ValueError(f"descriptor dtype must be one of {DESCRIPTOR_DTYPES}, got {dtype!r}")
+    descriptors = index.descriptors
+    if dtype == "float16":
+        if len(index) and float(np.abs(descriptors).max()) > _FLOAT16_MAX:
+            raise ValueError(f"descriptor values exceed the float16 range (+-{_FLOAT16_MAX:g}); store them as float32")
+        descriptors = descriptors.astype(np.float16)
+    with atomic_path(path, suffix=".h5") as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = NATIVE_FORMAT
+            f.attrs["format_version"] = NATIVE_FORMAT_VERSION
+            f.attrs["model_name"] = index.model_name
+            f.attrs["data_name"] = index.data_name
+            f.attrs["descriptor_size"] = index.descriptor_size
+            f.attrs["num_frames"] = len(index)
+            f.attrs["descriptor_dtype"] = dtype
+            f.attrs["metadata_json"] = json.dumps(index.metadata)
+            _create_dataset(f, "descriptors", descriptors, compression)
+            _create_dataset(f, "keyframe_ids", np.array(index.keyframe_ids, dtype="S32").reshape(len(index)))
+            for name in _STRING_DATASETS:
+                values = np.array(getattr(index, name), dtype=h5py.string_dtype()).reshape(len(index))
+                _create_dataset(f, name, values)
+            _create_dataset(f, "frame_index", index.frame_index)
+            if index.positions is not None:
+                _create_dataset(f, "positions", index.positions)
+            if index.rotations is not None:
+                _create_dataset(f, "rotations", index.rotations)
+            if index.pca is not None:
+                group = f.create_group("pca")
+                for key, value in index.pca.to_dict().items():
+                    if key in _PCA_ARRAYS:
+                        group.create_dataset(key, data=value, fletcher32=True, chunks=value.shape)
+                    else:
+                        group.attrs[key] = value
+
+
+def is_native_index_file(path: str | os.PathLike) -> bool:
+    """True if the file starts with the HDF5 signature (without checking that it is an index)."""
+    with open(path, "rb") as f:
+        return f.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE
+
+
+def read_native_index(path: str | os.PathLike) -> DescriptorIndex:
+    """Read a native (HDF5) index file, raising IndexFormatError naming the file if it is not a valid one."""
+    with open(path, "rb") as f:  # missing files and directories raise their usual OSError here
+        if not f.read(1):
+            raise IndexFormatError(path, "the file is empty, not an HDF5 descriptor index")
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as exc:
+        raise IndexFormatError(
+            path, f"not a readable HDF5 file (truncated, corrupt or another kind of file): {exc}"
+        ) from None
+    with handle:
+        try:
+            return _read(handle, path)
+        except IndexFormatError:
+            raise
+        except IndexValidationError as exc:
+            raise IndexFormatError(path, f"inconsistent index contents: {exc}") from None
+        except (OSError, KeyError, ValueError, TypeError, UnicodeDecodeError) as exc:
+            # h5py reports checksum failures and damaged structures as OSError/KeyError.
+            raise IndexFormatError(path, f"corrupt index data: {exc}") from None
+
+
+def _attr(f: h5py.File, name: str, path: str | os.PathLike) -> Any:
+    if name not in f.attrs:
+        raise IndexFormatError(path, f"lacks the '{name}' attribute (truncated or corrupt)")
+    value = f.attrs[name]
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def _dataset(f: h5py.Group, name: str, shape: tuple[int, ...], path: str | os.PathLike) -> h5py.Dataset:
+    if name not in f or not isinstance(f[name], h5py.Dataset):
+        raise IndexFormatError(path, f"lacks the '{name}' dataset (truncated or corrupt)")
+    dataset = f[name]
+    if dataset.shape != shape:
+        raise IndexFormatError(path, f"dataset '{name}' has shape {dataset.shape}, expected {shape} from the header")
+    return dataset
+
+
+def _read(f: h5py.File, path: str | os.PathLike) -> DescriptorIndex:
+    fmt = f.attrs.get("format")
+    fmt = fmt.decode("utf-8", "replace") if isinstance(fmt, bytes) else fmt
+    if fmt != NATIVE_FORMAT:
+        raise IndexFormatError(path, f"an HDF5 file but not a hierloc descriptor index (format attribute {fmt!r})")
+    version = int(_attr(f, "format_version", path))
+    if version > NATIVE_FORMAT_VERSION:
+        raise IndexFormatError(
+            path, f"written by a newer hierloc (format version {version}, this one reads up to {NATIVE_FORMAT_VERSION})"
+        )
+    n = int(_attr(f, "num_frames", path))
+    d = int(_attr(f, "descriptor_size", path))
+    descriptors = _dataset(f, "descriptors", (n, d), path)
+    if descriptors.dtype not in (np.float32, np.float16):
+        raise IndexFormatError(path, f"descriptors are stored as {descriptors.dtype}, expected float32 or float16")
+    try:
+        metadata = json.loads(_attr(f, "metadata_json", path))
+    except json.JSONDecodeError as exc:
+        raise IndexFormatError(path, f"metadata is not valid JSON: {exc}") from None
+    if not isinstance(metadata, dict):
+        raise IndexFormatError(path, f"metadata must be a JSON object, got {type(metadata).__name__}")
+    ids = _dataset(f, "keyframe_ids", (n,), path)[...]
+    strings = {name: _dataset(f, name, (n,), path).asstr()[...].tolist() for name in _STRING_DATASETS}
+    positions = _dataset(f, "positions", (n, 3), path)[...] if "positions" in f else None
+    rotations = _dataset(f, "rotations", (n, 3, 3), path)[...] if "rotations" in f else None
+    return DescriptorIndex(
+        model_name=str(_attr(f, "model_name", path)),
+        data_name=str(_attr(f, "data_name", path)),
+        # float16 files are widened once here so that search always runs on float32.
+        descriptors=descriptors[...].astype(np.float32, copy=False),
+        keyframe_ids=ids.astype("U32").tolist(),
+        missions=strings["missions"],
+        names=strings["names"],
+        frame_index=_dataset(f, "frame_index", (n,), path)[...],
+        resource_names=strings["resource_names"],
+        positions=positions,
+        rotations=rotations,
+        metadata=metadata,
+        pca=_read_pca(f, path) if "pca" in f else None,
+    )
+
+
+def _read_pca(f: h5py.File, path: str | os.PathLike) -> PCA:
+    group = f["pca"]
+    params: dict[str, Any] = {key: group.attrs[key] for key in group.attrs}
+    for key in _PCA_ARRAYS:
+        if key in group:
+            params[key] = group[key][...]
+    try:
+        return PCA.from_dict(params)
+    except ValueError as exc:
+        raise IndexFormatError(path, f"invalid PCA parameters: {exc}") from None
