@@ -28,7 +28,7 @@ from hierloc.index import (
     write_native_index,
     write_proto_index,
 )
-from hierloc.index.ids import id_to_pair
+from hierloc.utils.ids import id_to_pair
 
 # The original schema, written out from SPEC.md section 1 (global-loc + maplab-common), compiled
 # by protoc in the test: nothing here is shared with hierloc's own schema code.

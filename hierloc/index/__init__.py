@@ -2,7 +2,7 @@
 
 from hierloc.index.descriptor_index import DescriptorIndex
 from hierloc.index.errors import IndexCompatibilityError, IndexFormatError, IndexValidationError
-from hierloc.index.ids import id_to_pair, is_valid_id, normalize_id, pair_to_id, stable_id
+from hierloc.utils.ids import id_to_pair, is_valid_id, normalize_id, pair_to_id, stable_id
 from hierloc.index.io import convert_index, detect_format, format_for_path, load_index, save_index
 from hierloc.index.native_format import read_native_index, write_native_index
 from hierloc.index.pca import PCA, l2_normalize

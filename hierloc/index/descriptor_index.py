@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from hierloc.index.errors import IndexCompatibilityError, IndexValidationError
-from hierloc.index.ids import normalize_id
+from hierloc.utils.ids import normalize_id
 from hierloc.index.pca import PCA
 
 _ROTATION_TOLERANCE = 1e-3

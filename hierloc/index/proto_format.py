@@ -31,7 +31,7 @@ from google.protobuf.message import DecodeError, Message
 
 from hierloc.index.descriptor_index import DescriptorIndex
 from hierloc.index.errors import IndexFormatError, IndexValidationError
-from hierloc.index.ids import id_to_pair, pair_to_id
+from hierloc.utils.ids import id_to_pair, pair_to_id
 from hierloc.utils.io import atomic_write_bytes
 
 logger = logging.getLogger(__name__)

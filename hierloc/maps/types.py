@@ -14,49 +14,25 @@ Conventions (the one documented convention used everywhere in hierloc):
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from hierloc.utils.ids import id_to_pair, normalize_id, pair_to_id, stable_id
 from hierloc.utils.images import read_image, to_grayscale
 
-_HEX_ID = re.compile(r"^[0-9a-f]{32}$")
-_UINT64_MAX = (1 << 64) - 1
+# The id helpers live in hierloc.utils.ids, shared with the index formats; these names are the maps' API.
+check_id = normalize_id
+id_to_uint64_pair = id_to_pair
+uint64_pair_to_id = pair_to_id
 
 
 def keyframe_id(name: str, mission: str) -> str:
     """Stable 128-bit id (32 hex chars): blake2b(digest_size=16) of f"{mission}/{name}" in UTF-8."""
-    return hashlib.blake2b(f"{mission}/{name}".encode("utf-8"), digest_size=16).hexdigest()
-
-
-def check_id(value: str) -> str:
-    """Return `value` lower-cased if it is a 32-hex-character id, else raise ValueError."""
-    if not isinstance(value, str) or not _HEX_ID.match(value.lower()):
-        raise ValueError(f"invalid keyframe id {value!r}: expected 32 hexadecimal characters (128 bits)")
-    return value.lower()
-
-
-def id_to_uint64_pair(hex_id: str) -> tuple[int, int]:
-    """Split a 128-bit hex id into (first, second) uint64; first = the first 16 hex characters.
-
-    This is the order of ``common.proto.Id.uint`` in the original protobuf index: ``uint[0]`` holds
-    the first (most significant) 16 hex characters and ``uint[1]`` the last 16.
-    """
-    hex_id = check_id(hex_id)
-    return int(hex_id[:16], 16), int(hex_id[16:], 16)
-
-
-def uint64_pair_to_id(first: int, second: int) -> str:
-    """Inverse of `id_to_uint64_pair`: two uint64 values to a 32-hex-character id."""
-    for value in (first, second):
-        if not isinstance(value, (int, np.integer)) or not 0 <= int(value) <= _UINT64_MAX:
-            raise ValueError(f"id part {value!r} is not an unsigned 64-bit integer")
-    return f"{int(first):016x}{int(second):016x}"
+    return stable_id(f"{mission}/{name}")
 
 
 @dataclass(eq=False)
