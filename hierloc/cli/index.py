@@ -9,6 +9,11 @@ from pathlib import Path
 from .common import add_model_arguments, make_extractor
 
 
+# Accepted spellings of the two index formats.
+FORMAT_NAMES = {"auto": "auto", "proto": "protobuf", "protobuf": "protobuf", "pb": "protobuf", "native": "native",
+                "h5": "native"}
+
+
 def register(subparsers) -> None:
     """Add the `index` subcommand group."""
     p = subparsers.add_parser("index", help="build, inspect and convert descriptor indexes")
@@ -31,8 +36,8 @@ def register(subparsers) -> None:
     b.add_argument("--mission", action="append", default=None, dest="missions",
                    help="only this mission (repeatable; default: all)")
     b.add_argument("--store-poses", action="store_true", help="store keyframe positions and rotations")
-    b.add_argument("--format", default="auto", choices=["auto", "protobuf", "native"],
-                   help="index format (default: from the extension)")
+    b.add_argument("--format", default="auto", choices=sorted(FORMAT_NAMES),
+                   help="index format: proto (the original protobuf) or native (h5); default: from the extension")
     b.add_argument("--batch-size", type=int, default=1)
     b.set_defaults(func=run_build)
 
@@ -75,7 +80,7 @@ def run_build(args: argparse.Namespace) -> int:
     index, report = build_index(map_, extractor, args.model, subsampling=args.subsampling, missions=args.missions,
                                 store_poses=args.store_poses, batch_size=args.batch_size)
     index.metadata["weights"] = str(args.weights)
-    save_index(index, args.out, format=args.format)
+    save_index(index, args.out, format=FORMAT_NAMES[args.format])
     for mission, count in report.indexed.items():
         print(f"mission {mission}: {count} keyframes indexed")
     if report.skipped:

@@ -14,8 +14,9 @@ def register(subparsers) -> None:
     """Add the `query` subcommand."""
     p = subparsers.add_parser("query", help="retrieve the nearest keyframes of query images from an index")
     add_retrieval_arguments(p, k=10, max_distance=float("inf"))
-    p.add_argument("--images", nargs="+", required=True, help="query image files or folders")
-    p.add_argument("--json", default=None, metavar="FILE", help="write all results as JSON ('-' for stdout)")
+    p.add_argument("images", nargs="+", help="query image files or folders")
+    p.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
+                   help="write all results as JSON to FILE (to stdout without FILE)")
     p.set_defaults(func=run)
 
 

@@ -27,7 +27,8 @@ def register(subparsers) -> None:
     p.add_argument("--max-queries", type=int, default=None, help="at most this many queries")
     p.add_argument("--warmup", type=int, default=2,
                    help="untimed queries first (default 2: the second query of a size builds the fast path)")
-    p.add_argument("--json", default=None, metavar="FILE", help="write the statistics as JSON")
+    p.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
+                   help="write the statistics as JSON to FILE (to stdout without FILE)")
     p.set_defaults(func=run)
 
 
@@ -84,7 +85,9 @@ def run(args: argparse.Namespace) -> int:
     for stage in ("compute_descriptor", "get_neighbours"):
         s = result[stage]
         print(f"{stage:20s} {s['mean_ms']:9.3f} {s['median_ms']:10.3f} {s['p95_ms']:9.3f}")
-    if args.json:
+    if args.json == "-":
+        print(json.dumps(result, indent=2))
+    elif args.json:
         atomic_write_text(args.json, json.dumps(result, indent=2))
         print(f"statistics written to {args.json}")
     return 0
