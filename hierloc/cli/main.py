@@ -6,10 +6,10 @@ import argparse
 import sys
 
 from .. import __version__
-from . import demo, extract, index, models, query, time_query
+from . import convert, demo, extract, index, models, query, time_query
 from .common import setup_logging
 
-SUBCOMMANDS = [demo, extract, index, query, time_query, models]
+SUBCOMMANDS = [demo, extract, index, query, time_query, models, convert]
 
 
 def build_parser() -> argparse.ArgumentParser:

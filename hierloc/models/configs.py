@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .triplet import DelfConfig, ResNetNetVLADConfig
+
 
 @dataclass
 class MobileNetVLADConfig:
@@ -22,6 +24,13 @@ class MobileNetVLADConfig:
     bn_eps: float = 1e-3  # TF-slim's BatchNorm epsilon
     resize_factor: float | None = None  # optional resize of the input image, as the original's `resize_input`
     backbone_init: str | None = None  # named weights for the trunk when no full checkpoint is given
+    # "across_clusters": the released graph's first VLAD normalisation (over K for each feature
+    # dimension); "per_cluster": the paper's intra-normalisation.
+    intra_normalization: str = "across_clusters"
+    # Keep the trunk's layers past `endpoint` as unused parameters (converted TF-slim checkpoints
+    # hold all 19 layers); their width when kept (TF-slim: 1280 * depth, torchvision: 1280 at <= 1).
+    keep_layers_after_endpoint: bool = False
+    last_channels: int | None = None
 
 
 @dataclass
@@ -68,7 +77,26 @@ MODEL_SPECS: dict[str, ModelSpec] = {
     ),
 }
 
-CONFIG_CLASSES = {"mobilenetvlad": MobileNetVLADConfig, "netvlad": NetVLADConfig}
+# The original's triplet-trained ResNet-50 block3 models (hierloc.models.triplet).
+MODEL_SPECS.update({
+    "netvlad_triplets": ModelSpec(
+        "netvlad_triplets", "resnet_netvlad", ResNetNetVLADConfig(),
+        description="ResNet-50 block3, 1x1 projection to 100, NetVLAD 32 clusters, FC to 40; grayscale "
+                    "(the original's triplet-trained NetVLAD)",
+    ),
+    "delf_triplets": ModelSpec(
+        "delf_triplets", "delf", DelfConfig(),
+        description="ResNet-50 block3, DELF attention pooling, FC to 40; grayscale (the original's "
+                    "triplet-trained DELF)",
+    ),
+    "resnet_maxpool": ModelSpec(
+        "resnet_maxpool", "delf", DelfConfig(use_attention=False, reduction_dim=None),
+        description="ResNet-50 block3, global max pooling, 1024-D (the original's ResNet baseline)",
+    ),
+})
+
+CONFIG_CLASSES = {"mobilenetvlad": MobileNetVLADConfig, "netvlad": NetVLADConfig,
+                  "resnet_netvlad": ResNetNetVLADConfig, "delf": DelfConfig}
 
 
 def config_to_dict(config: Any) -> dict:

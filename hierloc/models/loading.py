@@ -14,11 +14,13 @@ from .checkpoint import CheckpointError, is_hierloc_checkpoint, load_state_dict_
 from .configs import ModelSpec, config_from_dict, get_model_spec
 from .mobilenetvlad import MobileNetVLAD
 from .netvlad import NetVLADModel
+from .triplet import DelfModel, ResNetNetVLAD
 from .weights import WeightsNotFoundError, resolve_weights
 
 logger = logging.getLogger(__name__)
 
-MODEL_CLASSES = {"mobilenetvlad": MobileNetVLAD, "netvlad": NetVLADModel}
+MODEL_CLASSES = {"mobilenetvlad": MobileNetVLAD, "netvlad": NetVLADModel, "resnet_netvlad": ResNetNetVLAD,
+                 "delf": DelfModel}
 INIT_SEED = 0
 
 
@@ -75,6 +77,18 @@ def load_model(
     A hierloc checkpoint's stored configuration overrides the named defaults.
     """
     spec = get_model_spec(name)
+    if weights == "auto" and spec.default_weights:
+        try:
+            # Found default weights load as an explicit path: a converted checkpoint's stored
+            # configuration (e.g. trunk layers kept past the endpoint) must decide the architecture.
+            weights = resolve_weights(spec.default_weights, download=download)
+        except WeightsNotFoundError as exc:
+            logger.warning(
+                "%s; using the initial %s network (%s): its descriptors are deterministic but not trained "
+                "for retrieval. Pass --weights PATH to use trained weights.",
+                exc, name, "ImageNet trunk" if spec.config.__dict__.get("backbone_init") else "seeded random init",
+            )
+            weights = None
     if weights not in (None, "auto"):
         path = resolve_weights(weights, download=download)
         payload = read_checkpoint(path)
@@ -92,17 +106,6 @@ def load_model(
         return model.to(device).eval()
     model = build_model(name)
     _init_backbone(model)
-    if weights == "auto" and spec.default_weights:
-        try:
-            path = resolve_weights(spec.default_weights, download=download)
-        except WeightsNotFoundError as exc:
-            logger.warning(
-                "%s; using the initial %s network (%s): its descriptors are deterministic but not trained "
-                "for retrieval. Pass --weights PATH to use trained weights.",
-                exc, name, "ImageNet trunk" if spec.config.__dict__.get("backbone_init") else "seeded random init",
-            )
-        else:
-            _load_weights_file(model, path)
     return model.to(device).eval()
 
 
@@ -111,4 +114,7 @@ def _init_backbone(model: GlobalDescriptorModel) -> None:
     if backbone_init:
         path = resolve_weights(backbone_init)
         state_dict = read_checkpoint(path)
-        load_torchvision_mobilenetv2(model.backbone, state_dict, str(path))
+        if hasattr(model, "load_backbone_state_dict"):  # the ResNet models (hierloc.models.triplet)
+            model.load_backbone_state_dict(state_dict, str(path))
+        else:
+            load_torchvision_mobilenetv2(model.backbone, state_dict, str(path))

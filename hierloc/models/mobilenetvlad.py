@@ -28,11 +28,12 @@ class MobileNetVLAD(GlobalDescriptorModel):
             raise ValueError("input_channels must be 1 (grayscale) or 3 (RGB)")
         self.input_channels = config.input_channels
         self.backbone = MobileNetV2(
-            config.depth_multiplier, config.endpoint, tf_same_padding=config.tf_same_padding, bn_eps=config.bn_eps
+            config.depth_multiplier, config.endpoint, tf_same_padding=config.tf_same_padding, bn_eps=config.bn_eps,
+            last_channels=config.last_channels, keep_layers_after_endpoint=config.keep_layers_after_endpoint,
         )
         self.aggregation = NetVLAD(
             self.backbone.out_channels, config.num_clusters, config.intermediate_proj, config.reduction_dim,
-            bn_eps=config.bn_eps,
+            bn_eps=config.bn_eps, intra_normalization=config.intra_normalization,
         )
         mean, std = (IMAGENET_MEAN, IMAGENET_STD) if config.normalization == "imagenet" else ((0.5,) * 3, (0.5,) * 3)
         # Stored as buffers (not in checkpoints) so that .to(device) and dtype casts follow the model.

