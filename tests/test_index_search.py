@@ -142,8 +142,8 @@ def test_flat_search_pads_missing_neighbours_and_validates():
         backend.add(2 * np.eye(4, dtype=np.float32))
     with pytest.raises(ValueError, match=r"shape \(n, 4\)"):
         backend.search(np.ones((1, 5), np.float32), 1)
-    with pytest.raises(ValueError, match="unknown search backend 'hnsw'; available: .*flat"):
-        make_backend("hnsw", 4)
+    with pytest.raises(ValueError, match="unknown search backend 'annoy'; available: .*flat"):
+        make_backend("annoy", 4)
 
 
 @pytest.fixture

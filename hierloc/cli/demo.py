@@ -2,6 +2,8 @@
 
 Renders a small world with two missions under different lighting, indexes the first, queries
 with the second, prints recall@1/5/10 and timings, and writes the index and a PNG of retrievals.
+Then builds a 3-D map of the first mission (SIFT, triangulated from its poses), localizes every
+frame of the second in 6-DoF and prints the pose errors (and a PNG of them).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ logger = logging.getLogger("hierloc")
 
 def register(subparsers) -> None:
     """Add the `demo` subcommand."""
-    p = subparsers.add_parser("demo", help="index a synthetic world, localize another mission, report recall")
+    p = subparsers.add_parser("demo", help="index a synthetic world, localize another mission: recall and pose errors")
     p.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
     p.add_argument("--frames", type=int, default=60, help="frames per mission (default 60)")
     p.add_argument("--width", type=int, default=320)
@@ -37,6 +39,8 @@ def register(subparsers) -> None:
     p.add_argument("--max-distance", type=float, default=1.5, help="a retrieved keyframe is right within this many metres")
     p.add_argument("--max-angle", type=float, default=45.0, help="... and this many degrees of viewing direction")
     p.add_argument("--pca-dims", type=int, default=32, help="also evaluate search after PCA to this size (0: no)")
+    p.add_argument("--no-localize", dest="localize", action="store_false",
+                   help="skip the 6-DoF part (3-D map of the reference mission, poses of the queries)")
     add_threads_argument(p)
     p.set_defaults(func=run)
 
@@ -138,8 +142,51 @@ def run(args: argparse.Namespace) -> int:
     grid_path = out / "retrievals.png"
     with atomic_path(grid_path, suffix=".png") as tmp:
         cv2.imwrite(str(tmp), cv2.cvtColor(retrieval_grid(rows_png), cv2.COLOR_RGB2BGR))
+    outputs = "index.h5 and index.pb (the index), retrievals.png (queries and their top 4, green = right place)"
+    if args.localize:
+        results["localization"] = localize_queries(reference, queries, model, index, out, args)
+        outputs += (", map/ (3-D map), poses.txt (hloc format), localization.json and localization.png "
+                    "(map cameras, queries and their errors)")
     results["total_seconds"] = time.perf_counter() - t_start
     atomic_write_text(out / "results.json", json.dumps(results, indent=2))
-    print(f"\noutputs in {out}/: index.h5 and index.pb (the index), retrievals.png (queries and their top 4, "
-          f"green = right place), results.json; total {results['total_seconds']:.1f} s")
+    print(f"\noutputs in {out}/: {outputs}, results.json; total {results['total_seconds']:.1f} s")
     return 0
+
+
+def localize_queries(reference, queries, model, index, out: Path, args: argparse.Namespace) -> dict:
+    """6-DoF: triangulate the map mission from its poses (SIFT), localize every query frame, print pose errors."""
+    from ..evaluation.pose_errors import format_summary, plot_localization, pose_errors, summarize_errors
+    from ..localization import GlobalConfig, Localizer, LocalizerConfig, MapBuildConfig, build_scene_map
+    from ..localization.build import attach_global_index
+    from ..localization.localizer import summarize_timings
+    from ..localization.results import write_hloc_poses, write_results_json
+
+    t0 = time.perf_counter()
+    config = MapBuildConfig(features="sift", pairs="sequential", num_neighbors=3, global_model=GlobalConfig(model="none"))
+    scene, report = build_scene_map(reference, config)
+    # Retrieval reuses the demo's network and the descriptors of its index (same keyframes, same order).
+    attach_global_index(scene, model, {"name": model.name, "weights": None, "resize_max": None}, index.descriptors,
+                        list(index.names))
+    scene.save(out / "map")
+    build_seconds = time.perf_counter() - t0
+    print(f"\n6-DoF localization: {scene.summary()} (built in {build_seconds:.1f} s)")
+    localizer = Localizer(scene, LocalizerConfig(num_retrieved=5))
+    results = [localizer.localize(kf.load_image(), kf.camera, kf.name) for kf in tqdm(queries, desc="localizing",
+                                                                                        unit="query")]
+    truth = {kf.name: kf.pose for kf in queries}
+    estimated = {r.name: r.T_world_cam for r in results}
+    errors = pose_errors(estimated, truth)
+    summary = summarize_errors(errors)
+    timings = summarize_timings(results)
+    write_hloc_poses(out / "poses.txt", [r for r in results])
+    write_results_json(out / "localization.json", results, {"evaluation": summary})
+    plot_localization(out / "localization.png", {im.name: im.pose for im in scene.images}, truth, estimated,
+                      f"synthetic world, {len(queries)} queries: {format_summary(summary)}")
+    recall = summary["recall"]
+    print(f"{'localized':>10s} {'<0.25m,2deg':>12s} {'<0.5m,5deg':>11s} {'<5m,10deg':>10s} {'median cm':>10s} "
+          f"{'median deg':>11s} {'ms/query':>9s}")
+    print(f"{summary['num_localized']:4d}/{summary['num_queries']:<5d} {recall['0.25m_2deg']:11.1f}% "
+          f"{recall['0.5m_5deg']:10.1f}% {recall['5m_10deg']:9.1f}% {100 * summary['median_translation_m']:10.2f} "
+          f"{summary['median_rotation_deg']:11.3f} {1000 * timings['total']['median_s']:9.0f}")
+    return {"map": {"images": len(scene), "points": scene.num_points, "build_seconds": build_seconds},
+            "pose_errors": summary, "timings": timings}

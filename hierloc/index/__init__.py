@@ -9,10 +9,16 @@ from hierloc.index.pca import PCA, l2_normalize
 from hierloc.index.proto_format import decode_proto_index, encode_proto_index, read_proto_index, write_proto_index
 from hierloc.index.retriever import Retrieval, Retriever
 from hierloc.index.search import FlatSearch, SearchBackend, available_backends, make_backend, register_backend
+from hierloc.index.approximate import HNSWSearch, IVFPQSearch, choose_backend
+from hierloc.index.native_format import IndexCatalog, read_native_catalog
+from hierloc.index.stored_search import load_retriever, load_stored_search, save_index_with_search
 
 __all__ = [
     "DescriptorIndex",
     "FlatSearch",
+    "HNSWSearch",
+    "IVFPQSearch",
+    "IndexCatalog",
     "IndexCompatibilityError",
     "IndexFormatError",
     "IndexValidationError",
@@ -21,6 +27,7 @@ __all__ = [
     "Retriever",
     "SearchBackend",
     "available_backends",
+    "choose_backend",
     "convert_index",
     "decode_proto_index",
     "detect_format",
@@ -30,13 +37,17 @@ __all__ = [
     "is_valid_id",
     "l2_normalize",
     "load_index",
+    "load_retriever",
+    "load_stored_search",
     "make_backend",
     "normalize_id",
     "pair_to_id",
+    "read_native_catalog",
     "read_native_index",
     "read_proto_index",
     "register_backend",
     "save_index",
+    "save_index_with_search",
     "stable_id",
     "write_native_index",
     "write_proto_index",

@@ -1,19 +1,31 @@
-"""Index a map: one global descriptor per keyframe, with the original's subsampling and mission options."""
+"""Index a map: one global descriptor per keyframe, with the original's subsampling and mission options.
+
+Descriptors come from a `describe` function over a list of keyframes; the default runs the local
+batched pipeline (decode and resize in DataLoader workers overlapping the network), and
+`hierloc.distributed` supplies one that runs on a Ray cluster. Both give the same index.
+"""
 
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from ..extraction import GlobalExtractor
+from ..extraction.pipeline import BatchConfig, describe_items
 from ..maps.types import Keyframe, Map
 from .descriptor_index import DescriptorIndex
 
 logger = logging.getLogger(__name__)
+
+# What a describer returns per mission: descriptors of the described keyframes (n, D), their positions
+# in the mission's list, and [(position, reason)] for the keyframes that could not be read.
+Described = tuple[np.ndarray, list[int], list[tuple[int, str]]]
+# [(mission name, its keyframes)] -> one Described per mission, in order. All missions go in one call
+# so that a distributed describer starts its model replicas once.
+DescribeFn = Callable[[Sequence[tuple[str, Sequence[Keyframe]]]], list[Described]]
 
 
 @dataclass
@@ -24,67 +36,84 @@ class BuildReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (keyframe name, reason)
 
 
-def _load(keyframe: Keyframe) -> np.ndarray | Exception:
-    try:
-        return keyframe.load_image()
-    except Exception as exc:  # any unreadable frame is reported, never fatal for the whole index
-        return exc
+def load_keyframe_image(keyframe: Keyframe) -> np.ndarray:
+    """The keyframe's pixels (a module-level function, so that worker processes can run it)."""
+    return keyframe.load_image()
+
+
+def local_describer(extractor: GlobalExtractor, config: BatchConfig = BatchConfig()) -> DescribeFn:
+    """Describe keyframes in this process with the batched DataLoader pipeline."""
+
+    def describe_mission(name: str, keyframes: Sequence[Keyframe]) -> Described:
+        chunks, positions, failures = [], [], []
+        for batch_positions, descriptors, batch_failures in describe_items(
+            extractor, keyframes, load_keyframe_image, config, desc=f"mission {name}"
+        ):
+            chunks.append(descriptors)
+            positions.extend(batch_positions)
+            failures.extend(batch_failures)
+        dim = extractor.descriptor_dim
+        return (np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)), positions, failures
+
+    def describe(groups: Sequence[tuple[str, Sequence[Keyframe]]]) -> list[Described]:
+        return [describe_mission(name, keyframes) for name, keyframes in groups]
+
+    return describe
 
 
 def build_index(
     map_: Map,
-    extractor: GlobalExtractor,
+    extractor: GlobalExtractor | None,
     model_name: str,
     subsampling: int = 1,
     missions: list[str] | None = None,
     store_poses: bool = False,
-    batch_size: int = 1,
+    batch_size: int = 8,
     io_workers: int = 2,
+    resize: tuple[int, int] | None = None,
+    describe: DescribeFn | None = None,
 ) -> tuple[DescriptorIndex, BuildReport]:
-    """Describe every `subsampling`-th keyframe of the selected missions; failed images are skipped."""
+    """Describe every `subsampling`-th keyframe of the selected missions; failed images are skipped.
+
+    `io_workers` decode and resize images in parallel with the network (0: in this process);
+    `describe` replaces the local extractor (e.g. `hierloc.distributed.ray_describer`).
+    """
+    if describe is None:
+        if extractor is None:
+            raise ValueError("build_index needs an extractor or a describe function")
+        describe = local_describer(extractor, BatchConfig(batch_size=batch_size, num_workers=io_workers,
+                                                          resize=resize))
     selected = map_.select(missions, subsampling)
     report = BuildReport()
-    rows: list[tuple[Keyframe, np.ndarray]] = []
-    with ThreadPoolExecutor(max_workers=io_workers) as pool:
-        for mission in selected.missions.values():
-            keyframes = list(mission.keyframes)
-            before = len(rows)
-            images = pool.map(_load, keyframes)  # decoded ahead of the network, in order
-            pending: list[tuple[Keyframe, np.ndarray]] = []
-
-            def flush() -> None:
-                if pending:
-                    descriptors = extractor.describe_batch([image for _, image in pending])
-                    rows.extend(zip([kf for kf, _ in pending], descriptors))
-                    pending.clear()
-
-            for keyframe, image in tqdm(zip(keyframes, images), total=len(keyframes),
-                                        desc=f"mission {mission.name}", unit="kf"):
-                if isinstance(image, Exception):
-                    logger.warning("skipping keyframe %s of mission %s: %s", keyframe.name, mission.name, image)
-                    report.skipped.append((keyframe.name, str(image)))
-                    continue
-                pending.append((keyframe, image))
-                if len(pending) >= batch_size:
-                    flush()
-            flush()
-            report.indexed[mission.name] = len(rows) - before
-    if not rows:
+    keyframes: list[Keyframe] = []
+    chunks: list[np.ndarray] = []
+    groups = [(mission.name, list(mission.keyframes)) for mission in selected.missions.values()]
+    for (name, mission_keyframes), (descriptors, positions, failures) in zip(groups, describe(groups)):
+        for position, reason in sorted(failures):
+            skipped = mission_keyframes[position].name
+            logger.warning("skipping keyframe %s of mission %s: %s", skipped, name, reason)
+            report.skipped.append((skipped, reason))
+        keyframes.extend(mission_keyframes[p] for p in positions)
+        chunks.append(descriptors)
+        report.indexed[name] = len(positions)
+    if not keyframes:
         raise ValueError(f"map {map_.name!r}: no keyframe could be indexed ({len(report.skipped)} skipped)")
-    keyframes = [kf for kf, _ in rows]
     with_poses = store_poses and all(kf.pose is not None for kf in keyframes)
     if store_poses and not with_poses:
         logger.warning("some keyframes have no pose: the index is written without poses")
+    metadata = {"subsampling": subsampling, "missions": list(selected.missions),
+                "descriptor_dim": int(chunks[0].shape[1])}
+    if resize is not None:
+        metadata["image_resize"] = list(resize)  # queries must be resized the same way
     index = DescriptorIndex(
         model_name=model_name,
         data_name=map_.name,
-        descriptors=np.stack([d for _, d in rows]).astype(np.float32),
+        descriptors=np.concatenate(chunks).astype(np.float32, copy=False),
         keyframe_ids=[kf.id for kf in keyframes],
         missions=[kf.mission for kf in keyframes],
         names=[kf.name for kf in keyframes],
         positions=np.stack([kf.pose[:3, 3] for kf in keyframes]) if with_poses else None,
         rotations=np.stack([kf.pose[:3, :3] for kf in keyframes]) if with_poses else None,
-        metadata={"subsampling": subsampling, "missions": list(selected.missions),
-                  "descriptor_dim": extractor.descriptor_dim},
+        metadata=metadata,
     )
     return index, report

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
 
 import h5py
 import numpy as np
@@ -37,6 +38,28 @@ _CHUNK_BYTES = 2**20
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 _STRING_DATASETS = ("missions", "names", "resource_names")
 _PCA_ARRAYS = ("mean", "components", "explained_variance")
+_Result = TypeVar("_Result")
+
+
+@dataclass(eq=False)
+class IndexCatalog:
+    """A native index file's contents without its descriptors: who the keyframes are, and how to search them."""
+
+    model_name: str
+    data_name: str
+    descriptor_size: int
+    keyframe_ids: list[str]
+    missions: list[str]
+    names: list[str]
+    frame_index: np.ndarray
+    resource_names: list[str]
+    positions: np.ndarray | None
+    rotations: np.ndarray | None
+    metadata: dict[str, Any]
+    pca: PCA | None
+
+    def __len__(self) -> int:
+        return len(self.keyframe_ids)
 
 
 def _create_dataset(group: h5py.Group, name: str, data: np.ndarray, compression: str | None = None) -> None:
@@ -105,8 +128,7 @@ def is_native_index_file(path: str | os.PathLike) -> bool:
         return f.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE
 
 
-def read_native_index(path: str | os.PathLike) -> DescriptorIndex:
-    """Read a native (HDF5) index file, raising IndexFormatError naming the file if it is not a valid one."""
+def _open_native(path: str | os.PathLike, read: Callable[[h5py.File, str | os.PathLike], _Result]) -> _Result:
     with open(path, "rb") as f:  # missing files and directories raise their usual OSError here
         if not f.read(1):
             raise IndexFormatError(path, "the file is empty, not an HDF5 descriptor index")
@@ -118,7 +140,7 @@ def read_native_index(path: str | os.PathLike) -> DescriptorIndex:
         ) from None
     with handle:
         try:
-            return _read(handle, path)
+            return read(handle, path)
         except IndexFormatError:
             raise
         except IndexValidationError as exc:
@@ -126,6 +148,28 @@ def read_native_index(path: str | os.PathLike) -> DescriptorIndex:
         except (OSError, KeyError, ValueError, TypeError, UnicodeDecodeError) as exc:
             # h5py reports checksum failures and damaged structures as OSError/KeyError.
             raise IndexFormatError(path, f"corrupt index data: {exc}") from None
+
+
+def read_native_index(path: str | os.PathLike) -> DescriptorIndex:
+    """Read a native (HDF5) index file, raising IndexFormatError naming the file if it is not a valid one."""
+    return _open_native(path, _read)
+
+
+def read_native_catalog(path: str | os.PathLike) -> IndexCatalog:
+    """Read everything but the descriptors (for searching a stored structure without holding N x D floats)."""
+    return _open_native(path, lambda f, p: _read_catalog(f, p)[0])
+
+
+def read_native_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """Only the metadata dict of a native index file (no rows, no descriptors)."""
+
+    def read(f: h5py.File, p: str | os.PathLike) -> dict[str, Any]:
+        metadata = json.loads(_attr(f, "metadata_json", p))
+        if not isinstance(metadata, dict):
+            raise IndexFormatError(p, f"metadata must be a JSON object, got {type(metadata).__name__}")
+        return metadata
+
+    return _open_native(path, read)
 
 
 def _attr(f: h5py.File, name: str, path: str | os.PathLike) -> Any:
@@ -144,7 +188,7 @@ def _dataset(f: h5py.Group, name: str, shape: tuple[int, ...], path: str | os.Pa
     return dataset
 
 
-def _read(f: h5py.File, path: str | os.PathLike) -> DescriptorIndex:
+def _read_catalog(f: h5py.File, path: str | os.PathLike) -> tuple[IndexCatalog, h5py.Dataset]:
     fmt = f.attrs.get("format")
     fmt = fmt.decode("utf-8", "replace") if isinstance(fmt, bytes) else fmt
     if fmt != NATIVE_FORMAT:
@@ -169,11 +213,10 @@ def _read(f: h5py.File, path: str | os.PathLike) -> DescriptorIndex:
     strings = {name: _dataset(f, name, (n,), path).asstr()[...].tolist() for name in _STRING_DATASETS}
     positions = _dataset(f, "positions", (n, 3), path)[...] if "positions" in f else None
     rotations = _dataset(f, "rotations", (n, 3, 3), path)[...] if "rotations" in f else None
-    return DescriptorIndex(
+    catalog = IndexCatalog(
         model_name=str(_attr(f, "model_name", path)),
         data_name=str(_attr(f, "data_name", path)),
-        # float16 files are widened once here so that search always runs on float32.
-        descriptors=descriptors[...].astype(np.float32, copy=False),
+        descriptor_size=d,
         keyframe_ids=ids.astype("U32").tolist(),
         missions=strings["missions"],
         names=strings["names"],
@@ -183,6 +226,26 @@ def _read(f: h5py.File, path: str | os.PathLike) -> DescriptorIndex:
         rotations=rotations,
         metadata=metadata,
         pca=_read_pca(f, path) if "pca" in f else None,
+    )
+    return catalog, descriptors
+
+
+def _read(f: h5py.File, path: str | os.PathLike) -> DescriptorIndex:
+    catalog, descriptors = _read_catalog(f, path)
+    return DescriptorIndex(
+        model_name=catalog.model_name,
+        data_name=catalog.data_name,
+        # float16 files are widened once here so that search always runs on float32.
+        descriptors=descriptors[...].astype(np.float32, copy=False),
+        keyframe_ids=catalog.keyframe_ids,
+        missions=catalog.missions,
+        names=catalog.names,
+        frame_index=catalog.frame_index,
+        resource_names=catalog.resource_names,
+        positions=catalog.positions,
+        rotations=catalog.rotations,
+        metadata=catalog.metadata,
+        pca=catalog.pca,
     )
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from hierloc.index.descriptor_index import DescriptorIndex
 from hierloc.index.errors import IndexCompatibilityError
 from hierloc.index.pca import PCA, l2_normalize
+from hierloc.index.native_format import IndexCatalog
 from hierloc.index.search import SearchBackend, make_backend
 
 _ZERO_NORM = 1e-12
@@ -48,6 +49,21 @@ def _read_only(array: np.ndarray | None) -> np.ndarray | None:
     return array
 
 
+def search_space_vectors(descriptors: np.ndarray, pca: PCA | None, label: str) -> np.ndarray:
+    """(N, D) descriptors -> unit vectors in the searched space (L2, or the PCA's L2 -> project -> L2)."""
+    norms = np.linalg.norm(descriptors, axis=1)
+    zero = np.flatnonzero(norms < _ZERO_NORM)
+    if zero.size:
+        raise ValueError(f"{label} row {zero[0]} is all zeros and has no direction to search")
+    if pca is None:
+        return l2_normalize(descriptors)
+    projected = pca.transform(descriptors)
+    lost = np.flatnonzero(np.linalg.norm(projected, axis=1) < 0.5)
+    if lost.size:
+        raise ValueError(f"{label} row {lost[0]} projects to zero in the PCA space (it equals the map mean)")
+    return projected
+
+
 class Retriever:
     """Searches a DescriptorIndex; built once, then safe to query from many threads at the same time."""
 
@@ -58,27 +74,71 @@ class Retriever:
         pca_dims: int | None = None,
         pca: PCA | None = None,
         whiten: bool = False,
-        backend: str = "flat",
+        backend: str | SearchBackend = "flat",
         backend_params: dict[str, Any] | None = None,
     ) -> None:
-        """Fit (or reuse) a PCA if asked, then load the L2-normalised (projected) map descriptors into `backend`."""
+        """Fit (or reuse) a PCA if asked, then load the L2-normalised (projected) map descriptors into `backend`.
+
+        `backend` is a registered name (the structure is trained on the map if it learns) or an
+        already filled SearchBackend holding exactly the index's rows in the searched space (e.g. one
+        read from the file stored next to the index, with `pca` the PCA it was built with).
+        """
         index.validate()
+        self._set_rows(index)
+        self._pca = self._choose_pca(index, pca_dims, pca, whiten)
+        search_dim = self._pca.n_components if self._pca is not None else self._descriptor_size
+        if isinstance(backend, SearchBackend):
+            if backend_params:
+                raise ValueError("backend_params only apply when the backend is given by name")
+            self._backend = self._checked_backend(backend, len(index), search_dim)
+            return
+        from hierloc.index.approximate import build_backend
+
+        vectors = (self._prepare(index.descriptors, "map descriptors") if len(index)
+                   else np.zeros((0, search_dim), np.float32))
+        self._backend = (build_backend(backend, vectors, backend_params) if len(index)
+                         else make_backend(backend, search_dim, **(backend_params or {})))
+
+    @classmethod
+    def from_catalog(cls, catalog: IndexCatalog, backend: SearchBackend, pca: PCA | None = None) -> Retriever:
+        """A retriever over a filled search structure and a catalog's rows, without loading any descriptors.
+
+        `pca` is the projection the structure's vectors went through (None: raw L2-normalised descriptors).
+        """
+        if pca is not None and pca.input_dim != catalog.descriptor_size:
+            raise IndexCompatibilityError(
+                f"the PCA takes {pca.input_dim}-D descriptors but the index of map {catalog.data_name!r} "
+                f"holds {catalog.descriptor_size}-D ones (model {catalog.model_name!r})"
+            )
+        retriever = cls.__new__(cls)
+        retriever._set_rows(catalog)
+        retriever._pca = pca
+        search_dim = pca.n_components if pca is not None else catalog.descriptor_size
+        retriever._backend = cls._checked_backend(backend, len(catalog), search_dim)
+        return retriever
+
+    @staticmethod
+    def _checked_backend(backend: SearchBackend, rows: int, search_dim: int) -> SearchBackend:
+        if backend.dim != search_dim:
+            raise IndexCompatibilityError(
+                f"the {backend.name} search structure holds {backend.dim}-D vectors, but {search_dim}-D ones are searched"
+            )
+        if len(backend) != rows:
+            raise IndexCompatibilityError(
+                f"the {backend.name} search structure holds {len(backend)} vectors, but the index has {rows} keyframes"
+            )
+        return backend
+
+    def _set_rows(self, index: DescriptorIndex | IndexCatalog) -> None:
         self._model_name = index.model_name
         self._data_name = index.data_name
         self._descriptor_size = index.descriptor_size
-        self._pca = self._choose_pca(index, pca_dims, pca, whiten)
         # Private immutable copies: nothing that a query reads can change under it.
         self._keyframe_ids = tuple(index.keyframe_ids)
         self._missions = tuple(index.missions)
         self._names = tuple(index.names)
         self._positions = _read_only(index.positions)
         self._rotations = _read_only(index.rotations)
-
-        vectors = self._prepare(index.descriptors, "map descriptors") if len(index) else None
-        search_dim = self._pca.n_components if self._pca is not None else self._descriptor_size
-        self._backend: SearchBackend = make_backend(backend, search_dim, **(backend_params or {}))
-        if vectors is not None:
-            self._backend.add(vectors)
 
     def _choose_pca(self, index: DescriptorIndex, pca_dims: int | None, pca: PCA | None, whiten: bool) -> PCA | None:
         if pca is not None:
@@ -126,17 +186,7 @@ class Retriever:
         return len(self._backend)
 
     def _prepare(self, descriptors: np.ndarray, label: str) -> np.ndarray:
-        norms = np.linalg.norm(descriptors, axis=1)
-        zero = np.flatnonzero(norms < _ZERO_NORM)
-        if zero.size:
-            raise ValueError(f"{label} row {zero[0]} is all zeros and has no direction to search")
-        if self._pca is None:
-            return l2_normalize(descriptors)
-        projected = self._pca.transform(descriptors)
-        lost = np.flatnonzero(np.linalg.norm(projected, axis=1) < 0.5)
-        if lost.size:
-            raise ValueError(f"{label} row {lost[0]} projects to zero in the PCA space (it equals the map mean)")
-        return projected
+        return search_space_vectors(descriptors, self._pca, label)
 
     def _check_queries(self, query_descriptors: np.ndarray) -> np.ndarray:
         queries = np.asarray(query_descriptors)

@@ -352,7 +352,9 @@ class SyntheticWorld:
             H0 = homographies[key]
             level = self._mip_level(H0, projected.mean(axis=0), len(quad.mips))
             scale = 2.0**level
-            to_level0 = np.array([[scale, 0, 0.5 * scale - 0.5], [0, scale, 0.5 * scale - 0.5], [0, 0, 1]])
+            # cv2.pyrDown centres texel j of a level on texel 2j of the level below (not 2j + 0.5), so
+            # level texel j is level-0 texel j * scale; the block-average offset shifted images by ~0.3 px.
+            to_level0 = np.array([[scale, 0, 0], [0, scale, 0], [0, 0, 1]])
             shift = np.array([[1, 0, -x0], [0, 1, -y0], [0, 0, 1]], float)
             warped = cv2.warpPerspective(quad.mips[level], shift @ H0 @ to_level0, (x1 - x0, y1 - y0),
                                          flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)

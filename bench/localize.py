@@ -1,0 +1,179 @@
+"""Strecha leave-one-out localization: each image is localized against a 3-D map of the others.
+
+For every scene and every left-out image: the map is triangulated from the ground-truth poses of
+the other images (or reconstructed by SfM with --mode sfm, then aligned to the ground truth by a
+similarity from the map images); the left-out image is localized (retrieval of --num-retrieved
+keyframes, covisibility places, matching, pycolmap PnP) and compared with its ground-truth pose.
+Methods run side by side in one process, so their timings share the machine's state. Features of
+a scene are extracted once per method (the left-out image's features are the same whether it is
+in the map or the query) and pair matches are cached across the leave-one-out maps; the global
+(retrieval) network is adapted to each map without the left-out image.
+
+Prints a table, writes JSON (--json) and one PNG per scene and method (camera positions, errors).
+Timings: wall clock per stage, and the process CPU time of the query (cpu), which on a machine
+shared with other jobs is the steadier number; with --threads 1 it is the single-core cost.
+
+Usage: python bench/localize.py --scene ../shared/data/strecha/fountain-P11 [--scene ...]
+       [--methods sift,xfeat+lighterglue,aliked+lightglue] [--threads 1] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from hierloc.evaluation.pose_errors import (align_similarity, format_summary, plot_localization, pose_error,
+                                            summarize_errors)
+from hierloc.features import make_extractor, make_matcher
+from hierloc.localization import GlobalConfig, Localizer, LocalizerConfig, MapBuildConfig, MatchCache, build_scene_map
+from hierloc.localization.build import attach_global_index, describe_globally
+from hierloc.localization.retrieval import resize_max_side
+from hierloc.maps import load_map
+from hierloc.utils.io import atomic_write_text
+from hierloc.utils.threads import configure_threads
+
+# name -> (features, feature options, matcher)
+# LightGlue's attention grows with the square of the keypoints: 2048 per image as hloc's LightGlue set-ups.
+METHODS = {
+    "sift": ("sift", {}, "mnn-ratio"),
+    "sift-1024": ("sift", {"resize_max": 1024, "max_keypoints": 2048}, "mnn-ratio"),
+    "xfeat": ("xfeat", {}, "mnn"),
+    "xfeat-2048": ("xfeat", {"max_keypoints": 2048}, "mnn"),
+    "xfeat+lighterglue": ("xfeat", {"max_keypoints": 2048}, "lighterglue"),
+    "aliked+lightglue": ("aliked", {"resize_max": 1024, "max_keypoints": 2048}, "lightglue"),
+}
+STAGES = ("retrieval", "local_features", "clustering", "matching", "pose", "total")
+
+
+def run_scene(scene_dir: Path, methods: list[str], args: argparse.Namespace, out: Path) -> dict:
+    """Leave-one-out over one scene for every method; returns per-method results."""
+    scene_map = load_map(scene_dir)
+    keyframes = list(scene_map.keyframes())
+    truth = {kf.name: kf.pose for kf in keyframes}
+    small = {kf.name: resize_max_side(kf.load_image(), args.global_resize) for kf in keyframes}
+    caches = {}
+    for method in methods:
+        features, options, matcher = METHODS[method]
+        extractor = make_extractor(features, **options)
+        caches[method] = MatchCache.open(out / f"{scene_map.name}_{method}_matches.h5", extractor.describe_config(),
+                                         make_matcher(matcher, extractor.describe_config()).describe_config())
+    results = {method: [] for method in methods}
+    for kf in keyframes:
+        others = [k.name for k in keyframes if k.name != kf.name]
+        t0 = time.perf_counter()
+        network, description, descriptors = describe_globally([small[n] for n in others], GlobalConfig(
+            resize_max=args.global_resize), progress=False)
+        global_seconds = time.perf_counter() - t0
+        query_image = kf.load_image()
+        for method in methods:
+            features, options, matcher = METHODS[method]
+            config = MapBuildConfig(features=features, feature_options=options, matcher=matcher, pairs=args.pairs,
+                                    num_neighbors=args.num_neighbors, mode=args.mode,
+                                    global_model=GlobalConfig(model="none"))
+            t0 = time.perf_counter()
+            scene, report = build_scene_map(scene_map, config, exclude=[kf.name], match_cache=caches[method],
+                                            feature_cache=out / f"{scene_map.name}_{method}_features.h5",
+                                            progress=False)
+            attach_global_index(scene, network, description, descriptors, others)
+            build_seconds = time.perf_counter() - t0
+            localizer = Localizer(scene, LocalizerConfig(num_retrieved=args.num_retrieved))
+            for _ in range(2):  # the second call traces the global network: steady state from the third
+                localizer.retrieve(query_image)
+            cpu0 = time.process_time()
+            result = localizer.localize(query_image, kf.camera, kf.name)
+            cpu = time.process_time() - cpu0
+            estimate = result.T_world_cam
+            alignment = None
+            if estimate is not None and not scene.is_metric:
+                similarity = align_similarity({im.name: im.pose for im in scene.images}, truth)
+                estimate = similarity.transform_pose(estimate)
+                alignment = similarity.scale
+            dt, dr = pose_error(estimate, kf.pose) if estimate is not None else (float("inf"), float("inf"))
+            results[method].append({
+                "query": kf.name, "success": result.success, "translation_m": dt, "rotation_deg": dr,
+                "inliers": result.num_inliers, "correspondences": result.num_correspondences,
+                "keypoints": result.num_keypoints, "place": result.place, "retrieved": result.retrieved,
+                "timings_s": result.timings, "cpu_s": cpu, "map_points": scene.num_points,
+                "map_build_s": build_seconds, "map_global_s": global_seconds, "sim3_scale": alignment,
+                "estimate_T_world_cam": None if estimate is None else np.asarray(estimate).tolist()})
+            print(f"{scene_map.name} {kf.name} {method:18s} "
+                  + (f"{100 * dt:6.2f} cm {dr:6.3f} deg" if np.isfinite(dt) else "   FAILED        ")
+                  + f"  {result.num_inliers:5d} inliers  {1000 * result.timings['total']:6.0f} ms "
+                    f"(cpu {1000 * cpu:5.0f} ms)  load {os.getloadavg()[0]:.1f}", flush=True)
+    summary = {}
+    for method in methods:
+        rows = results[method]
+        errors = {r["query"]: (r["translation_m"], r["rotation_deg"]) for r in rows}
+        stats = summarize_errors(errors)
+        stats["median_timings_s"] = {s: statistics.median(r["timings_s"].get(s, 0.0) for r in rows) for s in STAGES}
+        stats["median_cpu_s"] = statistics.median(r["cpu_s"] for r in rows)
+        stats["median_map_build_s"] = statistics.median(r["map_build_s"] for r in rows)
+        summary[method] = {"summary": stats, "queries": rows}
+        estimated = {r["query"]: None if r["estimate_T_world_cam"] is None else np.array(r["estimate_T_world_cam"])
+                     for r in rows}
+        png = plot_localization(out / f"{scene_map.name}_{method}.png", {}, truth, estimated,
+                                f"{scene_map.name}, {method}, leave-one-out: {format_summary(stats)}")
+        summary[method]["png"] = str(png)
+    return summary
+
+
+def main() -> None:
+    """Run the benchmark and report."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scene", action="append", required=True, type=Path, help="Strecha scene folder (repeat)")
+    parser.add_argument("--methods", default="sift,xfeat+lighterglue,aliked+lightglue",
+                        help=f"comma-separated, from {', '.join(METHODS)}")
+    parser.add_argument("--mode", default="triangulation", choices=["triangulation", "sfm"])
+    parser.add_argument("--pairs", default="poses", help="map pairs: poses (default), exhaustive, retrieval")
+    parser.add_argument("--num-neighbors", type=int, default=6, help="pairs per map image (default 6)")
+    parser.add_argument("--num-retrieved", type=int, default=5, help="keyframes retrieved per query (default 5)")
+    parser.add_argument("--global-resize", type=int, default=640, help="image side for retrieval (default 640)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch/OpenCV threads (default 1: on a shared machine, 2 threads spin-wait for each "
+                             "other and inflate both wall and CPU times several-fold)")
+    parser.add_argument("--out", type=Path, default=Path("outputs/bench_localize"))
+    parser.add_argument("--json", type=Path, default=None, help="write the results to this JSON file")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    threads = configure_threads(args.threads)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        parser.error(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": threads,
+                          "load_average_start": os.getloadavg()},
+              "settings": {k: str(v) for k, v in vars(args).items()}, "scenes": {}}
+    for scene_dir in args.scene:
+        report["scenes"][scene_dir.name] = run_scene(scene_dir, methods, args, args.out)
+    report["machine"]["load_average_end"] = os.getloadavg()
+
+    header = (f"\n{'scene':16s} {'method':18s} {'loc.':>6s} {'<0.25m,2d':>9s} {'<0.5m,5d':>9s} {'<5m,10d':>8s} "
+              f"{'med cm':>7s} {'med deg':>8s} | " + " ".join(f"{s[:8]:>8s}" for s in STAGES) + f" {'cpu':>6s}")
+    print(header + "\n" + "-" * len(header))
+    for scene, methods_result in report["scenes"].items():
+        for method, data in methods_result.items():
+            s = data["summary"]
+            recall = list(s["recall"].values())
+            timings = " ".join(f"{1000 * s['median_timings_s'][st]:8.0f}" for st in STAGES)
+            print(f"{scene:16s} {method:18s} {s['num_localized']:3d}/{s['num_queries']:<2d} {recall[0]:8.1f}% "
+                  f"{recall[1]:8.1f}% {recall[2]:7.1f}% {100 * s['median_translation_m']:7.2f} "
+                  f"{s['median_rotation_deg']:8.3f} | {timings} {1000 * s['median_cpu_s']:6.0f}")
+    print("timings: median milliseconds per query and stage (wall clock; cpu = process CPU time, both threads)")
+    print(f"machine load average {report['machine']['load_average_start']} -> {report['machine']['load_average_end']}")
+    if args.json:
+        atomic_write_text(args.json, json.dumps(report, indent=2, default=float))
+        print(f"JSON written to {args.json}")
+    print(f"PNGs in {args.out}/")
+
+
+if __name__ == "__main__":
+    main()

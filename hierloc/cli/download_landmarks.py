@@ -1,0 +1,36 @@
+"""`hierloc download-landmarks INDEX.csv OUT_DIR`: Google Landmarks images for distillation."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    """Add the `download-landmarks` subcommand."""
+    p = subparsers.add_parser(
+        "download-landmarks", help="download the images of a Google Landmarks index (id, url, landmark_id)",
+        description="Parallel and resumable: images already in OUT_DIR are skipped, each image is saved through "
+                    "a temporary file. Failed URLs are listed in OUT_DIR/failures.csv, counts in summary.json.")
+    p.add_argument("index", help="CSV index with a header naming the columns id and url")
+    p.add_argument("out", help="output folder (OUT/<id>.jpg)")
+    p.add_argument("--workers", type=int, default=8, help="parallel downloads (default 8)")
+    p.add_argument("--max-size", type=int, default=640,
+                   help="shrink images so that the longer side is at most this (0: keep; default 640)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")
+    p.add_argument("--retries", type=int, default=3, help="retries of transient failures (default 3)")
+    p.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds, doubled each time")
+    p.add_argument("--truncate", type=int, default=None, help="only the first N rows of the index")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Download and print the summary."""
+    from ..training.landmarks import download_landmarks
+
+    summary = download_landmarks(args.index, args.out, workers=args.workers, max_size=args.max_size or None,
+                                 timeout=args.timeout, retries=args.retries, backoff=args.backoff, limit=args.truncate)
+    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(summary.failures_by_reason.items())) or "none"
+    print(f"{summary.downloaded} downloaded, {summary.skipped_existing} already present, {summary.failed} failed "
+          f"({reasons}) of {summary.total} in {summary.seconds:.1f} s")
+    print(f"images in {args.out}/, failed URLs in {args.out}/failures.csv, counts in {args.out}/summary.json")
+    return 0

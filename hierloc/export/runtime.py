@@ -1,0 +1,190 @@
+"""Run exported networks (TorchScript, ONNX via onnxruntime) with the interface of GlobalExtractor.
+
+`load_exported_model(path)` gives an object with `describe(image)`, `describe_batch(images)`,
+`run(batch)`, `descriptor_dim`, `name` and `model_name` (the hierloc model it was exported from,
+which index files record), so every command that takes `--model` can take an exported file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..extraction.global_descriptors import image_to_tensor, resolve_device
+from ..models.base import LUMA_WEIGHTS
+from .model_export import EXPORT_FORMAT, INPUT_NAME, METADATA_KEY
+
+ONNX_SUFFIXES = (".onnx",)
+
+
+class ExportedModelError(RuntimeError):
+    """An exported model file is missing, foreign or unreadable."""
+
+
+def is_torchscript_file(path: str | os.PathLike) -> bool:
+    """True for a TorchScript archive (a zip holding compiled `code/`), not a torch.save checkpoint."""
+    path = Path(path)
+    if not path.is_file() or not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in name or name.startswith("code/") for name in archive.namelist())
+
+
+def is_exported_model(path: str | os.PathLike) -> bool:
+    """True for an ONNX file or a TorchScript archive."""
+    path = Path(path)
+    return path.is_file() and (path.suffix.lower() in ONNX_SUFFIXES or is_torchscript_file(path))
+
+
+def _adapt_channels(batch: torch.Tensor, channels: int) -> torch.Tensor:
+    if batch.shape[1] == channels:
+        return batch
+    if batch.shape[1] == 1 and channels == 3:
+        return batch.expand(-1, 3, -1, -1).contiguous()
+    if batch.shape[1] == 3 and channels == 1:
+        weights = torch.tensor(LUMA_WEIGHTS, dtype=batch.dtype).view(1, 3, 1, 1)
+        return (batch * weights).sum(1, keepdim=True)
+    raise ValueError(f"images must have 1 or 3 channels, got {batch.shape[1]}")
+
+
+class ExportedModel:
+    """Common part: metadata, channel adaptation, numpy images in, float32 descriptors out."""
+
+    def __init__(self, path: Path, metadata: dict) -> None:
+        if metadata.get("format") != EXPORT_FORMAT:
+            raise ExportedModelError(f"{path}: no hierloc export description inside; export it with "
+                                     "`hierloc export-model`")
+        self.path = path
+        self.metadata = metadata
+        self.model_name = str(metadata["model_name"])
+        self.name = f"{self.model_name} ({path.name})"
+        self.input_channels = int(metadata["input_channels"])
+        self._descriptor_dim = int(metadata["descriptor_dim"])
+
+    @property
+    def descriptor_dim(self) -> int:
+        """Size of the descriptors."""
+        return self._descriptor_dim
+
+    def _forward(self, batch: torch.Tensor) -> np.ndarray:
+        raise NotImplementedError
+
+    def run(self, batch: torch.Tensor) -> np.ndarray:
+        """[B, C, H, W] raw-pixel tensor -> [B, D] float32 unit descriptors."""
+        batch = _adapt_channels(batch.float(), self.input_channels)
+        descriptors = self._forward(batch).astype(np.float32, copy=False)
+        norms = np.linalg.norm(descriptors, axis=1, keepdims=True)
+        return descriptors / np.maximum(norms, 1e-12)
+
+    def describe(self, image: np.ndarray) -> np.ndarray:
+        """One image -> [D] float32 unit descriptor."""
+        return self.run(image_to_tensor(image))[0]
+
+    def describe_batch(self, images: list[np.ndarray]) -> np.ndarray:
+        """Images of any sizes -> [N, D]; images of equal size are batched together."""
+        out = np.empty((len(images), self.descriptor_dim), np.float32)
+        groups: dict[tuple, list[int]] = {}
+        tensors = [image_to_tensor(im) for im in images]
+        for i, t in enumerate(tensors):
+            groups.setdefault(tuple(t.shape), []).append(i)
+        for indices in groups.values():
+            out[indices] = self.run(torch.cat([tensors[i] for i in indices]))
+        return out
+
+
+class TorchScriptModel(ExportedModel):
+    """A TorchScript file written by `hierloc export-model`."""
+
+    def __init__(self, path: str | os.PathLike, device: str = "auto", precision: str = "auto") -> None:
+        path = Path(path)
+        extra = {METADATA_KEY: ""}
+        self.device = resolve_device(device)
+        try:
+            self.module = torch.jit.load(str(path), map_location=self.device, _extra_files=extra)
+        except Exception as exc:  # torch raises RuntimeError/ValueError variants for foreign files
+            raise ExportedModelError(f"{path}: not a readable TorchScript file ({exc})") from None
+        try:
+            metadata = json.loads(extra[METADATA_KEY] or "{}")
+        except ValueError:
+            metadata = {}
+        super().__init__(path, metadata)
+        self.module.eval()
+        self.half = self.device.type == "cuda" and precision in ("auto", "fp16")
+
+    @torch.inference_mode()
+    def _forward(self, batch: torch.Tensor) -> np.ndarray:
+        batch = batch.to(self.device)
+        if self.half:
+            with torch.autocast("cuda", dtype=torch.float16):
+                return self.module(batch).float().cpu().numpy()
+        return self.module(batch).float().cpu().numpy()
+
+
+class OnnxModel(ExportedModel):
+    """An ONNX file written by `hierloc export-model`, run by onnxruntime (CUDA when asked and present)."""
+
+    def __init__(self, path: str | os.PathLike, device: str = "auto", threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        path = Path(path)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        available = ort.get_available_providers()
+        wants_cuda = str(device) != "cpu" and (str(device) != "auto" or torch.cuda.is_available())
+        providers = (["CUDAExecutionProvider"] if wants_cuda and "CUDAExecutionProvider" in available else [])
+        providers.append("CPUExecutionProvider")
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ExportedModelError(f"{path}: not a readable ONNX model ({exc})") from None
+        metadata_text = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY, "{}")
+        try:
+            metadata = json.loads(metadata_text)
+        except ValueError:
+            metadata = {}
+        super().__init__(path, metadata)
+        self.input_name = self.session.get_inputs()[0].name if self.session.get_inputs() else INPUT_NAME
+        self._lock = threading.Lock()  # one run at a time keeps the thread count what was asked for
+
+    def _forward(self, batch: torch.Tensor) -> np.ndarray:
+        feed = {self.input_name: np.ascontiguousarray(batch.cpu().numpy(), dtype=np.float32)}
+        with self._lock:
+            return self.session.run(None, feed)[0]
+
+
+def load_exported_model(path: str | os.PathLike, device: str = "auto", precision: str = "auto",
+                        threads: int | None = None) -> ExportedModel:
+    """The runner for an exported file, by its content (ONNX by the `.onnx` extension)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExportedModelError(f"{path}: no such model file")
+    if path.suffix.lower() in ONNX_SUFFIXES:
+        return OnnxModel(path, device=device, threads=threads)
+    if is_torchscript_file(path):
+        return TorchScriptModel(path, device=device, precision=precision)
+    raise ExportedModelError(f"{path}: neither an ONNX file nor a TorchScript archive")
+
+
+def exported_model_name(path: str | os.PathLike) -> str:
+    """The hierloc model name stored in an exported file (without building a session)."""
+    path = Path(path)
+    if path.suffix.lower() in ONNX_SUFFIXES:
+        import onnx
+
+        proto = onnx.load(str(path), load_external_data=False)
+        values = {p.key: p.value for p in proto.metadata_props}
+        metadata = json.loads(values.get(METADATA_KEY, "{}"))
+    else:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith(f"extra/{METADATA_KEY}")]
+            metadata = json.loads(archive.read(names[0])) if names else {}
+    if metadata.get("format") != EXPORT_FORMAT:
+        raise ExportedModelError(f"{path}: no hierloc export description inside")
+    return str(metadata["model_name"])

@@ -1,0 +1,317 @@
+"""Approximate search backends for large maps: faiss HNSW graphs and IVF-PQ, plus the automatic choice.
+
+Both store unit vectors under the L2 metric (same ranking as the inner product) and label every
+vector with its row number, so removing a mission keeps rows and labels in step:
+- `hnsw`: a navigable small-world graph over flat, 8-bit (SQ8) or float16 vectors. Graph nodes cannot
+  be deleted, so removed rows become tombstones: still used for routing, never returned.
+- `ivfpq`: coarse k-means cells (IVF) holding product-quantized codes (PQ), optionally after an OPQ
+  rotation and with re-ranking of the best candidates by a finer code (`refine`). Removing rows
+  deletes their codes and renumbers the others in place.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, ClassVar
+
+import faiss
+import numpy as np
+
+from hierloc.index.search import (
+    FaissSearch,
+    SearchBackend,
+    backend_class,
+    make_backend,
+    register_backend,
+    squared_to_euclidean,
+)
+
+logger = logging.getLogger(__name__)
+
+HNSW_STORAGES = {"flat": None, "sq8": faiss.ScalarQuantizer.QT_8bit, "fp16": faiss.ScalarQuantizer.QT_fp16}
+IVFPQ_REFINES = {None: None, "flat": "RFlat", "fp16": "Refine(SQfp16)", "sq8": "Refine(SQ8)"}
+# faiss's k-means asks for this many training points per centroid before it warns.
+MIN_POINTS_PER_CENTROID = 39
+
+# Map sizes of the automatic choice (bench/search.py measures the trade-off behind them):
+# exact search stays within a few milliseconds below AUTO_HNSW_FROM keyframes; HNSW answers in
+# about a millisecond at high recall up to AUTO_IVFPQ_FROM; beyond, IVF-PQ keeps memory bounded.
+AUTO_HNSW_FROM = 50_000
+AUTO_IVFPQ_FROM = 2_000_000
+
+
+def _positive_int(value: Any, label: str) -> int:
+    if isinstance(value, bool) or int(value) != value or int(value) < 1:
+        raise ValueError(f"{label} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+@register_backend("hnsw")
+class HNSWSearch(FaissSearch):
+    """faiss HNSW graph (IndexHNSWFlat / IndexHNSWSQ) behind an id map; `ef_search` trades speed for recall."""
+
+    def __init__(
+        self, dim: int, m: int = 32, ef_construction: int = 80, ef_search: int = 64, storage: str = "flat"
+    ) -> None:
+        super().__init__(dim)
+        if storage not in HNSW_STORAGES:
+            raise ValueError(f"hnsw storage must be one of {sorted(HNSW_STORAGES)}, got {storage!r}")
+        self.m = _positive_int(m, "hnsw m")
+        self.ef_construction = _positive_int(ef_construction, "hnsw ef_construction")
+        self.ef_search = _positive_int(ef_search, "hnsw ef_search")
+        self.storage = storage
+        quantizer = HNSW_STORAGES[storage]
+        if quantizer is None:
+            graph = faiss.IndexHNSWFlat(self.dim, self.m)
+        else:
+            graph = faiss.IndexHNSWSQ(self.dim, quantizer, self.m)
+        graph.hnsw.efConstruction = self.ef_construction
+        # The id map turns graph node numbers into rows and marks removed nodes with -1.
+        self._attach(faiss.IndexIDMap(graph))
+
+    def params(self) -> dict[str, Any]:
+        """Constructor parameters."""
+        return {"m": self.m, "ef_construction": self.ef_construction, "ef_search": self.ef_search,
+                "storage": self.storage}
+
+    def _attach(self, index: faiss.Index) -> None:
+        # No downcast_index here: it returns a non-owning proxy, and the owning one must be kept.
+        if not isinstance(index, faiss.IndexIDMap):
+            raise ValueError(f"expected a faiss IndexIDMap around an HNSW graph, got {type(index).__name__}")
+        graph = faiss.downcast_index(index.index)
+        if not isinstance(graph, faiss.IndexHNSW):
+            raise ValueError(f"expected an HNSW graph inside the id map, got {type(graph).__name__}")
+        graph.hnsw.efConstruction = self.ef_construction
+        self._index, self._graph = index, graph
+        self._removed = int(np.count_nonzero(faiss.vector_to_array(index.id_map) < 0)) if index.ntotal else 0
+
+    @property
+    def removed(self) -> int:
+        """Tombstones: removed rows still in the graph (rebuild the index to drop them)."""
+        return self._removed
+
+    def __len__(self) -> int:
+        return int(self._index.ntotal) - self._removed
+
+    def _train(self, vectors: np.ndarray) -> None:
+        if not self._index.is_trained:  # only the SQ8 storage learns (its value ranges)
+            self._index.train(vectors)
+
+    def reset(self) -> None:
+        """Drop all vectors (and tombstones) but keep the training."""
+        super().reset()
+        self._removed = 0
+
+    def _add(self, vectors: np.ndarray) -> None:
+        start = len(self)
+        self._index.add_with_ids(vectors, np.arange(start, start + len(vectors), dtype=np.int64))
+
+    def remove(self, rows: np.ndarray) -> None:
+        """Turn rows into tombstones and renumber the others; the graph keeps routing through them."""
+        self._check_writable("remove vectors")
+        with self._lock:
+            n = len(self)
+            keep = np.ones(n, dtype=bool)
+            keep[np.asarray(rows, dtype=np.int64)] = False
+            renumbered = np.where(keep, np.cumsum(keep) - 1, -1)
+            labels = faiss.vector_to_array(self._index.id_map)
+            alive = labels >= 0
+            labels[alive] = renumbered[labels[alive]]
+            faiss.copy_array_to_vector(labels.astype(np.int64), self._index.id_map)
+            self._removed = int(np.count_nonzero(labels < 0))
+
+    def _faiss_search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = max(self.ef_search, k)
+        if self._removed:
+            # Tombstones carry label -1, outside the live range 0..len-1 that this selector keeps.
+            selector = faiss.IDSelectorRange(0, len(self))
+            params.sel = selector
+        squared, labels = self._index.search(queries, k, params=params)
+        return squared_to_euclidean(squared, labels)
+
+
+def auto_nlist(n: int) -> int:
+    """Number of IVF cells for n vectors: a power of two near 4 sqrt(n), with enough points to train each."""
+    target = 4 * math.sqrt(max(n, 1))
+    nlist = 2 ** max(0, round(math.log2(target)))
+    while nlist > 1 and nlist * MIN_POINTS_PER_CENTROID > n:
+        nlist //= 2
+    return nlist
+
+
+def auto_pq_m(dim: int, max_m: int = 64) -> int:
+    """PQ sub-quantizers: the largest divisor of dim up to max_m (64 one-byte codes = 64 bytes per vector)."""
+    return max(m for m in range(1, min(dim, max_m) + 1) if dim % m == 0)
+
+
+@register_backend("ivfpq")
+class IVFPQSearch(FaissSearch):
+    """faiss IVF-PQ (optionally OPQ-rotated and re-ranked), trained on the map's own descriptors.
+
+    `nlist` cells (default: from the training set size), `m` codes of `nbits` bits per vector,
+    `nprobe` cells visited per query; `refine` re-ranks `k_factor * k` candidates with a finer copy
+    ("flat", "fp16" or "sq8"), at that copy's memory cost. Training uses a random sample of
+    `train_points` vectors (default: 64 per cell or per code centroid, whichever is more), which
+    keeps k-means on a million-keyframe map to minutes.
+    """
+
+    # Inverted lists are memory-mapped by IO_FLAG_MMAP (the flat-code flag does not apply to them).
+    _mmap_flags: ClassVar[int] = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
+
+    def __init__(
+        self,
+        dim: int,
+        nlist: int | None = None,
+        m: int | None = None,
+        nbits: int = 8,
+        opq: bool = False,
+        nprobe: int = 32,
+        refine: str | None = None,
+        k_factor: int = 4,
+        train_points: int | None = None,
+    ) -> None:
+        super().__init__(dim)
+        self.train_points = None if train_points is None else _positive_int(train_points, "ivfpq train_points")
+        self.nlist = None if nlist is None else _positive_int(nlist, "ivfpq nlist")
+        self.m = auto_pq_m(self.dim) if m is None else _positive_int(m, "ivfpq m")
+        if not opq and self.dim % self.m:
+            raise ValueError(f"ivfpq m={self.m} must divide the dimension {self.dim} (or use opq)")
+        self.nbits = _positive_int(nbits, "ivfpq nbits")
+        if self.nbits > 16:
+            raise ValueError(f"ivfpq nbits must be at most 16, got {nbits}")
+        self.opq = bool(opq)
+        self.nprobe = _positive_int(nprobe, "ivfpq nprobe")
+        if refine not in IVFPQ_REFINES:
+            raise ValueError(f"ivfpq refine must be one of {[r for r in IVFPQ_REFINES if r]} or None, got {refine!r}")
+        self.refine = refine
+        self.k_factor = _positive_int(k_factor, "ivfpq k_factor")
+        self._ivf: faiss.IndexIVF | None = None
+
+    def params(self) -> dict[str, Any]:
+        """Constructor parameters (nlist as trained)."""
+        return {"nlist": self.nlist, "m": self.m, "nbits": self.nbits, "opq": self.opq, "nprobe": self.nprobe,
+                "refine": self.refine, "k_factor": self.k_factor, "train_points": self.train_points}
+
+    def factory_string(self, nlist: int) -> str:
+        """The faiss index_factory description of this structure."""
+        # OPQ rotates into m subspaces of 4 dimensions at most the input size (faiss's usual recipe).
+        opq = f"OPQ{self.m}_{min(self.dim, 4 * self.m)}," if self.opq else ""
+        refine = IVFPQ_REFINES[self.refine]
+        return f"{opq}IVF{nlist},PQ{self.m}x{self.nbits}" + (f",{refine}" if refine else "")
+
+    def _attach(self, index: faiss.Index) -> None:
+        ivf = faiss.try_extract_index_ivf(index)
+        if ivf is None or not isinstance(faiss.downcast_index(ivf), faiss.IndexIVFPQ):
+            raise ValueError(f"expected a faiss IVF-PQ index, got {type(index).__name__}")
+        self._index, self._ivf = index, faiss.downcast_index(ivf)
+        self.nlist = int(self._ivf.nlist)
+
+    @property
+    def is_trained(self) -> bool:
+        """Whether the cells and codebooks have been learnt."""
+        return self._index is not None and bool(self._index.is_trained)
+
+    def _train(self, vectors: np.ndarray) -> None:
+        n = len(vectors)
+        nlist = self.nlist or auto_nlist(n)
+        needed = max(nlist, 2**self.nbits)
+        if n < needed:
+            raise ValueError(
+                f"ivfpq needs at least {needed} training vectors for nlist={nlist} and nbits={self.nbits}, got {n}; "
+                "use flat or hnsw search for a map this small, or lower nlist / nbits"
+            )
+        if n < MIN_POINTS_PER_CENTROID * needed:
+            logger.warning("ivfpq: %d training vectors for %d centroids; codes will be coarse (faiss advises %d)",
+                           n, needed, MIN_POINTS_PER_CENTROID * needed)
+        wanted = self.train_points or 64 * max(nlist, 2**self.nbits)
+        if n > wanted:
+            vectors = vectors[np.sort(np.random.default_rng(0).choice(n, wanted, replace=False))]
+        index = faiss.index_factory(self.dim, self.factory_string(nlist), faiss.METRIC_L2)
+        ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+        # Warned above once rather than by faiss for every k-means run.
+        ivf.cp.min_points_per_centroid = 1
+        ivf.pq.cp.min_points_per_centroid = 1
+        # The factory turns on polysemous training (a code permutation for Hamming pre-filtering,
+        # unused here), which costs more than the rest of training together.
+        ivf.do_polysemous_training = False
+        if self.opq:
+            # OPQ otherwise trains a private 8-bit PQ; the IVF's own one has the right size and settings.
+            rotated = faiss.downcast_index(index.base_index) if isinstance(index, faiss.IndexRefine) else index
+            faiss.downcast_VectorTransform(rotated.chain.at(0)).pq = ivf.pq
+        index.train(vectors)
+        self._attach(index)
+
+    @property
+    def _has_refine(self) -> bool:
+        return self.refine is not None
+
+    def _add(self, vectors: np.ndarray) -> None:
+        if self._has_refine:
+            # The re-ranking copy is addressed by insertion order, so it takes no explicit ids.
+            self._index.add(vectors)
+        else:
+            start = len(self)
+            self._index.add_with_ids(vectors, np.arange(start, start + len(vectors), dtype=np.int64))
+
+    def remove(self, rows: np.ndarray) -> None:
+        """Delete the rows' codes and renumber the remaining labels in place (no retraining)."""
+        self._check_writable("remove vectors")
+        if self._has_refine:
+            raise NotImplementedError("ivfpq with refine cannot remove vectors in place; re-add the remaining ones")
+        with self._lock:
+            n = len(self)
+            keep = np.ones(n, dtype=bool)
+            keep[np.asarray(rows, dtype=np.int64)] = False
+            renumbered = np.where(keep, np.cumsum(keep) - 1, -1).astype(np.int64)
+            self._index.remove_ids(faiss.IDSelectorBatch(np.flatnonzero(~keep).astype(np.int64)))
+            lists = self._ivf.invlists
+            for list_no in range(self._ivf.nlist):
+                size = lists.list_size(list_no)
+                if not size:
+                    continue
+                labels = faiss.rev_swig_ptr(lists.get_ids(list_no), size).copy()
+                codes = faiss.rev_swig_ptr(lists.get_codes(list_no), size * lists.code_size).copy()
+                new_labels = renumbered[labels]
+                lists.update_entries(list_no, 0, size, faiss.swig_ptr(new_labels), faiss.swig_ptr(codes))
+
+    def _faiss_search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        params: faiss.SearchParameters = faiss.SearchParametersIVF(nprobe=min(self.nprobe, self.nlist))
+        if self._has_refine:
+            params = faiss.IndexRefineSearchParameters(k_factor=self.k_factor, base_index_params=params)
+        squared, labels = self._index.search(queries, k, params=params)
+        return squared_to_euclidean(squared, labels)
+
+
+def choose_backend(n: int, dim: int) -> tuple[str, dict[str, Any]]:
+    """The automatic search structure for a map of n keyframes: exact, then HNSW, then IVF-PQ."""
+    if n < AUTO_HNSW_FROM:
+        return "flat", {}
+    if n < AUTO_IVFPQ_FROM:
+        return "hnsw", {"storage": "flat" if dim <= 512 else "sq8"}
+    # OPQ pays off above 128-D; above 1024-D its training takes too long (reduce with --pca-dims).
+    return "ivfpq", {"opq": 128 < dim <= 1024}
+
+
+def resolve_backend(
+    kind: str, n: int, dim: int, params_by_kind: dict[str, dict[str, Any]] | None = None
+) -> tuple[str, dict[str, Any]]:
+    """(kind, constructor parameters): "auto" chooses by map size; `params_by_kind` overrides per kind."""
+    overrides = (params_by_kind or {})
+    if kind == "auto":
+        kind, params = choose_backend(n, dim)
+    else:
+        backend_class(kind)  # unknown names fail here, with the list of known ones
+        params = {}
+    return kind, {**params, **overrides.get(kind, {})}
+
+
+def build_backend(kind: str, vectors: np.ndarray, params: dict[str, Any] | None = None) -> SearchBackend:
+    """A backend of `kind` with `params`, trained on (if it learns) and filled with the (N, D) unit vectors."""
+    backend = make_backend(kind, vectors.shape[1], **(params or {}))
+    if not backend.is_trained:
+        backend.train(vectors)
+    if len(vectors):
+        backend.add(vectors)
+    return backend

@@ -1,0 +1,307 @@
+"""Hierarchical localization of a query image against a 3-D map, with everything kept in memory.
+
+    localizer = Localizer.load("maps/office")           # map, index, networks: loaded once
+    result = localizer.localize(image, camera)          # per frame: retrieval -> places -> matching -> PnP
+    if result.success:
+        T_cam_world = result.T_cam_world
+
+Stages (each timed in `result.timings`): global descriptor + top-k keyframes (`retrieval`), local
+features of the query (`local_features`), covisibility clustering of the retrieved keyframes into
+places (`clustering`), matching the query against each place's keyframes and lifting the matches
+to 2D-3D correspondences (`matching`), and pycolmap absolute pose LO-RANSAC + refinement
+(`pose`). Places are tried best first; the first one with at least `min_inliers` inliers gives the
+pose. A query without such a place is a failure: its pose is None, never a retrieved keyframe's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..features import LocalFeatures, make_extractor, make_matcher
+from ..features.matchers import MutualNearestNeighbor
+from ..maps.poses import invert_pose
+from ..maps.types import Camera
+from .absolute_pose import PoseEstimationConfig, estimate_absolute_pose, query_camera
+from .clustering import covisibility_clusters
+from .retrieval import resize_max_side
+from .scene_map import SceneMap
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("retrieval", "local_features", "clustering", "matching", "pose")
+
+
+@dataclass
+class LocalizerConfig:
+    """How a query is localized; the defaults follow HF-Net / hloc."""
+
+    num_retrieved: int = 5  # keyframes from global retrieval; 0: every map image (no retrieval)
+    covisibility_clustering: bool = True
+    min_covisible_points: int = 1  # keyframes sharing this many 3-D points are one place
+    max_places: int = 3  # places tried at most
+    min_inliers: int = 20  # a pose with fewer PnP inliers is a failure
+    match_triangulated_only: bool | None = None  # None: True for nearest-neighbour matching, False for LightGlue
+    pose: PoseEstimationConfig = field(default_factory=PoseEstimationConfig)
+    default_fov_deg: float | None = None  # camera of uncalibrated queries without EXIF; None: COLMAP's guess
+    trace_global_network: bool = True  # faster per frame after a one-off cost of seconds (see GlobalExtractor)
+
+
+@dataclass(eq=False)
+class LocalizationResult:
+    """Outcome of one query. `T_cam_world` is world-to-camera (hloc's and COLMAP's convention)."""
+
+    name: str
+    success: bool
+    T_cam_world: np.ndarray | None
+    num_inliers: int
+    num_correspondences: int
+    camera: Camera
+    camera_source: str
+    retrieved: list[str] = field(default_factory=list)
+    place: list[str] = field(default_factory=list)
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    message: str = ""
+    num_keypoints: int = 0
+    inlier_matches: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # map image -> (K, 2) q, map kp
+    query_keypoints: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def T_world_cam(self) -> np.ndarray | None:
+        """Camera-to-world pose (hierloc's keyframe convention), or None for a failure."""
+        return None if self.T_cam_world is None else invert_pose(self.T_cam_world)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready summary (no arrays but the pose)."""
+        from ..maps.poses import rotmat_to_qvec
+
+        pose = None
+        if self.T_cam_world is not None:
+            pose = {"qvec_wxyz": rotmat_to_qvec(self.T_cam_world[:3, :3]).tolist(),
+                    "tvec": self.T_cam_world[:3, 3].tolist(), "convention": "world-to-camera (COLMAP/hloc)"}
+        return {"name": self.name, "success": self.success, "message": self.message, "pose": pose,
+                "num_inliers": self.num_inliers, "num_correspondences": self.num_correspondences,
+                "num_keypoints": self.num_keypoints,
+                "camera": {"model": self.camera.model, "width": self.camera.width, "height": self.camera.height,
+                           "params": self.camera.params.tolist(), "source": self.camera_source},
+                "retrieved": self.retrieved, "place": self.place, "attempts": self.attempts,
+                "timings_s": self.timings}
+
+
+@dataclass
+class QueryImage:
+    """A query for batch localization: a name, a pixel loader, and optionally a camera or the file path."""
+
+    name: str
+    load: Callable[[], np.ndarray]
+    camera: Camera | None = None
+    image_path: Path | None = None
+
+
+@dataclass
+class _Target:
+    """What a query is matched against in one map image."""
+
+    features: LocalFeatures  # all keypoints, or only those with a 3-D point
+    keypoint_index: np.ndarray  # row in the map image's full keypoint list
+    point_rows: np.ndarray  # 3-D point per matched keypoint, -1 where none
+    descriptors: torch.Tensor | None  # for nearest-neighbour matching
+
+
+class Localizer:
+    """A resident localizer: the map, its index and the networks stay loaded; `localize` is thread-safe."""
+
+    def __init__(self, scene: SceneMap, config: LocalizerConfig | None = None, *, device: str = "cpu",
+                 matcher: str | None = None, matcher_options: dict | None = None) -> None:
+        self.scene = scene
+        self.config = config = config or LocalizerConfig()
+        self.extractor = make_extractor(scene.feature_config, device=device)
+        self.matcher = make_matcher(matcher or scene.matcher_config, scene.feature_config, device=device,
+                                    **(matcher_options or {}))
+        only_3d = config.match_triangulated_only
+        self._only_3d = isinstance(self.matcher, MutualNearestNeighbor) if only_3d is None else bool(only_3d)
+        self._targets: dict[str, _Target] = {}
+        self._lock = threading.Lock()
+        self._global = None
+        self._retriever = None
+        if config.num_retrieved and scene.global_index is not None and scene.global_model:
+            from ..extraction import GlobalExtractor
+            from ..index.retriever import Retriever
+            from ..models import load_model
+
+            # A network adapted to the map (k-means clusters) is the map's own, in memory or saved with it.
+            network = scene.global_network if scene.global_network is not None else load_model(
+                scene.global_model["name"], weights=scene.global_model.get("weights"))
+            self._global = GlobalExtractor(network, device=device, fast=config.trace_global_network)
+            self._global_resize = scene.global_model.get("resize_max")
+            self._retriever = Retriever(scene.global_index)
+        elif config.num_retrieved and len(scene) > config.num_retrieved:
+            logger.warning("the map has no global index: every query is matched against all %d map images",
+                           len(scene))
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, config: LocalizerConfig | None = None, **options) -> "Localizer":
+        """Load a map folder (see `SceneMap`) and build the localizer."""
+        return cls(SceneMap.load(folder), config, **options)
+
+    # ------------------------------------------------------------------ stages
+
+    def retrieve(self, image: np.ndarray) -> list[str]:
+        """Map images most similar to the query, best first (all of them without a global index)."""
+        if self._retriever is None:
+            return list(self.scene.names)
+        descriptor = self._global.describe(resize_max_side(image, self._global_resize))
+        k = min(self.config.num_retrieved, len(self.scene))
+        return [hit.name for hit in self._retriever.retrieve(descriptor, k=k)[0]]
+
+    def places(self, candidates: Sequence[str]) -> list[list[str]]:
+        """Candidates grouped into places by covisibility (or one place when clustering is off)."""
+        candidates = [c for c in candidates if len(self.scene.points_of(c))]
+        if not candidates:
+            return []
+        if not self.config.covisibility_clustering:
+            return [list(candidates)]
+        counts = self.scene.covisibility(list(candidates))
+        return covisibility_clusters(candidates, counts, self.config.min_covisible_points)
+
+    def _target(self, name: str) -> _Target:
+        with self._lock:
+            target = self._targets.get(name)
+            if target is None:
+                features = self.scene.features[name]
+                rows = self.scene.point_index[name]
+                keep = np.flatnonzero(rows >= 0) if self._only_3d else np.arange(len(features))
+                subset = features.subset(keep)
+                descriptors = (torch.from_numpy(subset.descriptors)
+                               if isinstance(self.matcher, MutualNearestNeighbor) else None)
+                target = _Target(subset, keep, rows[keep], descriptors)
+                self._targets[name] = target
+        return target
+
+    def correspondences(self, query: LocalFeatures, place: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list]:
+        """(query keypoint indices, 3-D point rows) without repeats, and per map image its (q, kp, corr) triples."""
+        pairs_q, pairs_p, provenance = [], [], []
+        for name in place:
+            target = self._target(name)
+            if isinstance(self.matcher, MutualNearestNeighbor):
+                matches0, _ = self.matcher.match_descriptors(query.descriptors, target.descriptors)
+            else:
+                matches0, _ = self.matcher.match(query, target.features)
+            q = np.flatnonzero(matches0 >= 0)
+            t = matches0[q]
+            rows = target.point_rows[t]
+            ok = rows >= 0
+            pairs_q.append(q[ok])
+            pairs_p.append(rows[ok])
+            provenance.append((name, q[ok], target.keypoint_index[t[ok]]))
+        if not pairs_q:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), provenance
+        stacked = np.stack([np.concatenate(pairs_q), np.concatenate(pairs_p)], axis=1)
+        unique = np.unique(stacked, axis=0) if len(stacked) else stacked.reshape(0, 2)
+        return unique[:, 0], unique[:, 1], provenance
+
+    # ------------------------------------------------------------------ the query
+
+    def localize(self, image: np.ndarray, camera: Camera | None = None, name: str = "query",
+                 image_path: str | os.PathLike | None = None) -> LocalizationResult:
+        """Pose of one query image (HxW or HxWx3); `camera` default: EXIF of `image_path`, else a guess."""
+        timings = {stage: 0.0 for stage in STAGES}
+        start = time.perf_counter()
+        height, width = image.shape[:2]
+        camera_source = "given"
+        if camera is None:
+            camera, camera_source = query_camera(width, height, image_path, self.config.default_fov_deg)
+        elif (camera.width, camera.height) != (width, height):
+            raise ValueError(f"query {name}: camera is {camera.width}x{camera.height} but the image {width}x{height}")
+        focal_policy = self.config.pose.estimate_focal_length
+        estimate_focal = focal_policy == "always" or (focal_policy == "auto" and camera_source == "guess")
+
+        t0 = time.perf_counter()
+        retrieved = self.retrieve(image)
+        timings["retrieval"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        query = self.extractor.extract(image)
+        timings["local_features"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        places = self.places(retrieved)[: self.config.max_places]
+        timings["clustering"] = time.perf_counter() - t0
+
+        result = LocalizationResult(name, False, None, 0, 0, camera, camera_source, retrieved,
+                                    num_keypoints=len(query), query_keypoints=query.keypoints)
+        best = None
+        for place in places:
+            t0 = time.perf_counter()
+            q_idx, p_rows, provenance = self.correspondences(query, place)
+            timings["matching"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            estimate = estimate_absolute_pose(query.keypoints[q_idx], self.scene.points_xyz[p_rows], camera,
+                                              self.config.pose, estimate_focal) if len(q_idx) >= 4 else None
+            timings["pose"] += time.perf_counter() - t0
+            inliers = 0 if estimate is None else estimate["num_inliers"]
+            result.attempts.append({"place": list(place), "correspondences": int(len(q_idx)), "inliers": inliers})
+            if best is None or inliers > best[0]:
+                best = (inliers, place, q_idx, p_rows, provenance, estimate)
+            if inliers >= self.config.min_inliers:
+                break
+        timings["total"] = time.perf_counter() - start
+        result.timings = timings
+        if best is None:
+            result.message = "no retrieved map image observes 3-D points" if not places else "no correspondences"
+            return result
+        inliers, place, q_idx, p_rows, provenance, estimate = best
+        result.num_inliers, result.num_correspondences, result.place = inliers, int(len(q_idx)), list(place)
+        if estimate is not None:  # kept for failures too: pictures of a failure show what RANSAC agreed on
+            result.inlier_matches = _inlier_matches(self.scene, q_idx, p_rows, estimate["inlier_mask"], provenance)
+        if estimate is None or inliers < self.config.min_inliers:
+            result.message = (f"best place has {inliers} inliers of {len(q_idx)} correspondences, fewer than "
+                              f"min_inliers={self.config.min_inliers}")
+            return result
+        result.success = True
+        result.T_cam_world = estimate["T_cam_world"]
+        result.camera = estimate["camera"]
+        return result
+
+    def localize_many(self, queries: Sequence[QueryImage], progress: bool = True,
+                      io_workers: int = 2) -> list[LocalizationResult]:
+        """Batch mode: localize every query in order (images decoded ahead in threads)."""
+        results = []
+        with ThreadPoolExecutor(max_workers=max(1, io_workers)) as pool:
+            images = pool.map(lambda q: q.load(), queries)
+            for query, image in tqdm(zip(queries, images), total=len(queries), desc="localizing", unit="query",
+                                     disable=not progress):
+                results.append(self.localize(image, query.camera, query.name, query.image_path))
+        return results
+
+
+def _inlier_matches(scene: SceneMap, q_idx: np.ndarray, p_rows: np.ndarray, inlier_mask: np.ndarray,
+                    provenance: list) -> dict[str, np.ndarray]:
+    """Per map image, the (query keypoint, map keypoint) matches whose 2D-3D correspondence is a PnP inlier."""
+    inlier_set = {(int(q), int(p)) for q, p, ok in zip(q_idx, p_rows, inlier_mask) if ok}
+    out = {}
+    for map_name, q, kp in provenance:
+        rows = scene.point_index[map_name][kp]
+        keep = np.array([(int(a), int(b)) in inlier_set for a, b in zip(q, rows)], dtype=bool)
+        out[map_name] = np.stack([q[keep], kp[keep]], axis=1) if keep.any() else np.zeros((0, 2), np.int64)
+    return out
+
+
+def summarize_timings(results: Iterable[LocalizationResult]) -> dict[str, dict[str, float]]:
+    """Median and mean seconds per stage over results."""
+    results = list(results)
+    summary = {}
+    for stage in (*STAGES, "total"):
+        values = [r.timings.get(stage, 0.0) for r in results]
+        if values:
+            summary[stage] = {"median_s": float(np.median(values)), "mean_s": float(np.mean(values))}
+    return summary

@@ -1,0 +1,117 @@
+"""What is learned: distillation from teacher descriptors, or triplets mined from poses.
+
+A task builds its training and validation datasets from the `data` config and turns a batch into a
+loss and metrics; the trainer does everything else.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from .augmentation import build_augmentation
+from .data import DistillationDataset, list_distillation_items, split_items
+from .losses import distillation_loss, triplet_loss
+
+logger = logging.getLogger(__name__)
+
+
+def _image_size(preprocessing: dict) -> tuple[int, int] | None:
+    resize = preprocessing.get("resize")
+    return (int(resize[0]), int(resize[1])) if resize else None
+
+
+class DistillationTask:
+    """Student descriptors regress the teacher's: loss and validation error 0.5 * |s - t|^2."""
+
+    validation_metric = "l2_error"
+
+    def __init__(self, config: dict, data_root=None) -> None:
+        data = config["data"]
+        items = list_distillation_items(data, data_root)
+        train_items, validation_items = split_items(items, int(data["validation_size"]))
+        self.train_dataset = DistillationDataset(train_items, data["preprocessing"], data["cache_in_memory"])
+        # The validation set is small and read every validation: always kept in memory.
+        self.validation_dataset = DistillationDataset(validation_items, data["preprocessing"], cache_in_memory=True)
+        self.target_dim = self.train_dataset.descriptor_dim
+        self.augmentation = build_augmentation(data.get("augmentation"), _image_size(data["preprocessing"]))
+        logger.info("distillation data: %d training and %d validation images, %d-D teacher descriptors",
+                    len(self.train_dataset), len(self.validation_dataset), self.target_dim)
+
+    def sample_images(self, count: int) -> list[torch.Tensor]:
+        """[1, C, H, W] float images of the first training items (for k-means initialisation)."""
+        count = min(count, len(self.train_dataset))
+        return [self.train_dataset[i]["image"][None].float() for i in range(count)]
+
+    def loss(self, model, batch: dict, device: torch.device, augment: bool) -> tuple[torch.Tensor, dict]:
+        """(loss, metrics) of one batch."""
+        images = batch["image"].to(device, non_blocking=True)
+        images = self.augmentation(images) if augment and self.augmentation is not None else images.float()
+        student = model(images)
+        loss = distillation_loss(student, batch["descriptor"].to(device, non_blocking=True))
+        return loss, {"loss": loss.detach()}
+
+    def validation_metrics(self, model, batch: dict, device: torch.device) -> dict:
+        """Per-batch validation metrics (averaged over the set by the trainer)."""
+        student = model(batch["image"].to(device).float())
+        return {"l2_error": distillation_loss(student, batch["descriptor"].to(device))}
+
+
+class TripletTask:
+    """Anchor-positive-negative triplets mined from poses; the original's triplet loss variants."""
+
+    validation_metric = "loss"
+
+    def __init__(self, config: dict, data_root=None) -> None:
+        from .triplets import TripletDataset, load_triplet_map, triplets_for
+
+        data = config["data"]
+        model = config["model"]
+        self.margin = float(model["triplet_margin"])
+        self.squared = bool(model["loss_squared"])
+        self.loss_in = bool(model["loss_in"])
+        keyframes = load_triplet_map(data, data_root)
+        triplets = triplets_for(keyframes, data, data_root)
+        train, validation = split_items(list(triplets), int(data["validation_size"]))
+        self.train_dataset = TripletDataset(keyframes, train, data["preprocessing"], data["cache_in_memory"])
+        self.validation_dataset = TripletDataset(keyframes, validation, data["preprocessing"], cache_in_memory=True)
+        self.triplets = triplets
+        self.target_dim = None
+        self.augmentation = build_augmentation(data.get("augmentation"), _image_size(data["preprocessing"]))
+        logger.info("triplet data: %d training and %d validation triplets over %d keyframes",
+                    len(self.train_dataset), len(self.validation_dataset), len(keyframes))
+
+    def sample_images(self, count: int) -> list[torch.Tensor]:
+        """[1, C, H, W] float anchor images of the first training triplets."""
+        count = min(count, len(self.train_dataset))
+        return [self.train_dataset[i]["image"][None].float() for i in range(count)]
+
+    def _descriptors(self, model, batch: dict, device: torch.device, augment: bool):
+        # One forward pass over the three images: the towers share weights, and DDP needs a single pass.
+        images = torch.cat([batch["image"], batch["p"], batch["n"]]).to(device, non_blocking=True)
+        images = self.augmentation(images) if augment and self.augmentation is not None else images.float()
+        return model(images).chunk(3)
+
+    def loss(self, model, batch: dict, device: torch.device, augment: bool) -> tuple[torch.Tensor, dict]:
+        """(loss, metrics) of one batch."""
+        a, p, n = self._descriptors(model, batch, device, augment)
+        loss, dp, dn = triplet_loss(a, p, n, self.margin, self.squared, self.loss_in)
+        return loss, {"loss": loss.detach(), "distance_p": dp.detach(), "distance_n": dn.detach()}
+
+    def validation_metrics(self, model, batch: dict, device: torch.device) -> dict:
+        """Per-batch validation metrics (averaged over the set by the trainer)."""
+        a, p, n = self._descriptors(model, batch, device, augment=False)
+        loss, dp, dn = triplet_loss(a, p, n, self.margin, self.squared, self.loss_in)
+        return {"loss": loss, "distance_p": dp, "distance_n": dn,
+                "triplet_accuracy": ((a - p).norm(dim=-1) < (a - n).norm(dim=-1)).float().mean()}
+
+
+def make_task(config: dict, data_root=None):
+    """The task the `data.name` of a config asks for."""
+    kind = config["data"]["name"]
+    if kind == "distillation":
+        return DistillationTask(config, data_root)
+    if kind == "triplets":
+        return TripletTask(config, data_root)
+    raise ValueError(f"unknown data.name {kind!r}: use 'distillation' or 'triplets'")

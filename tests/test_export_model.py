@@ -1,0 +1,128 @@
+"""TorchScript and ONNX export: parity with the eager model at several image sizes, and running them by path."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from hierloc.cli.main import main
+from hierloc.export import (ExportedModelError, check_parity, export_onnx, export_torchscript, exported_model_name,
+                            is_exported_model, load_exported_model)
+from hierloc.extraction import GlobalExtractor
+from hierloc.models import build_model, save_checkpoint
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    """MobileNetVLAD with TF-SAME padding cut early: the padding depends on the input size."""
+    model = build_model("mobilenetvlad", endpoint="layer_6", num_clusters=4, reduction_dim=16)
+    # Non-trivial BatchNorm statistics, so that a wrong padding would show in the descriptors.
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_(0, 0.1, generator=generator)
+            module.running_var.uniform_(0.5, 2.0, generator=generator)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def exported(small_model, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("exported")
+    return {"torchscript": export_torchscript(small_model, folder / "m.torchscript.pt", (64, 96)),
+            "onnx": export_onnx(small_model, folder / "m.onnx", (64, 96))}
+
+
+def test_exports_match_the_eager_model_at_other_image_sizes(small_model, exported):
+    # odd sizes change TF-SAME's asymmetric padding: a size baked into the graph would show
+    results = check_parity(small_model, exported, sizes=((64, 96), (47, 81), (96, 50)), batch=2)
+    for fmt, result in results.items():
+        assert result["ok"] and result["max_abs_diff"] < 1e-4, (fmt, result)
+
+
+def test_exported_files_carry_their_description(exported, small_model):
+    for path in exported.values():
+        assert is_exported_model(path)
+        assert exported_model_name(path) == "mobilenetvlad"
+        runner = load_exported_model(path, device="cpu")
+        assert runner.descriptor_dim == 16 and runner.input_channels == 1
+
+
+def test_runners_accept_rgb_and_gray_numpy_images_like_the_extractor(small_model, exported):
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 256, (50, 70), dtype=np.uint8)
+    rgb = np.repeat(gray[:, :, None], 3, axis=2)
+    expected = GlobalExtractor(small_model, device="cpu", fast=False).describe(gray)
+    for path in exported.values():
+        runner = load_exported_model(path, device="cpu")
+        np.testing.assert_allclose(runner.describe(gray), expected, atol=1e-5)
+        np.testing.assert_allclose(runner.describe_batch([rgb, gray])[0], expected, atol=1e-5)
+
+
+def test_foreign_files_are_refused(tmp_path, small_model):
+    plain = tmp_path / "plain.pt"
+    save_checkpoint(small_model, plain)  # a torch.save checkpoint is not a TorchScript archive
+    assert not is_exported_model(plain)
+    with pytest.raises(ExportedModelError, match="neither an ONNX"):
+        load_exported_model(plain)
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not onnx")
+    with pytest.raises(ExportedModelError, match="not a readable ONNX"):
+        load_exported_model(broken)
+
+
+def test_cli_export_then_extract_with_the_files(small_model, tmp_path, capsys):
+    checkpoint = tmp_path / "model.pt"
+    save_checkpoint(small_model, checkpoint)
+    assert main(["export-model", str(checkpoint), "--out", str(tmp_path / "out"), "--height", "64", "--width", "96",
+                 "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("OK") == 2 and "max |descriptor difference|" in printed
+    report = json.loads((tmp_path / "out" / "mobilenetvlad.export.json").read_text())
+    assert all(r["ok"] for r in report["parity"].values())
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(2):
+        cv2.imwrite(str(images / f"{i}.png"), rng.integers(0, 256, (40, 60), dtype=np.uint8))
+    outputs = {}
+    for label, model in (("eager", checkpoint), ("onnx", tmp_path / "out" / "mobilenetvlad.onnx"),
+                         ("torchscript", tmp_path / "out" / "mobilenetvlad.torchscript.pt")):
+        assert main(["extract", str(images), "--out", str(tmp_path / f"{label}.h5"), "--model", str(model),
+                     "--threads", "1"]) == 0
+        from hierloc.extraction import read_global_descriptors
+
+        outputs[label] = read_global_descriptors(tmp_path / f"{label}.h5")[1]
+    np.testing.assert_allclose(outputs["onnx"], outputs["eager"], atol=1e-5)
+    np.testing.assert_allclose(outputs["torchscript"], outputs["eager"], atol=1e-5)
+
+
+def test_an_index_built_with_the_checkpoint_is_queried_with_the_onnx_file(small_model, exported, tmp_path, capsys):
+    checkpoint = tmp_path / "model.pt"
+    save_checkpoint(small_model, checkpoint)
+    images = tmp_path / "map"
+    images.mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(3):
+        cv2.imwrite(str(images / f"{i}.png"), rng.integers(0, 256, (40, 60), dtype=np.uint8))
+    index = tmp_path / "index.h5"
+    assert main(["index", "build", str(images), "--out", str(index), "--model", str(checkpoint), "--threads", "1"]) == 0
+    capsys.readouterr()
+    assert main(["query", str(index), str(images / "1.png"), "--model", str(exported["onnx"]), "-k", "3",
+                 "--json", "--threads", "1"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["model"] == "mobilenetvlad"
+    # the same image: the ONNX descriptor equals the one the checkpoint put in the index
+    same = [hit for hit in result["queries"][0]["results"] if hit["name"].endswith("1.png")]
+    assert same and same[0]["distance"] < 1e-3
