@@ -33,6 +33,8 @@ VARIANTS = {
     "default": DEFAULT,
     "no upscaling (64x32)": dataclasses.replace(DEFAULT, min_image_side=None),
     "upscale to short side 128": dataclasses.replace(DEFAULT, min_image_side=128),
+    "no flat-patch filter": dataclasses.replace(DEFAULT, min_patch_contrast=0.0),
+    "flat-patch filter 25": dataclasses.replace(DEFAULT, min_patch_contrast=25.0),
     "grid step 4": dataclasses.replace(DEFAULT, grid_step=4),
     "2 scales (1, 0.5)": dataclasses.replace(DEFAULT, scales=(1.0, 0.5)),
     "PCA without whitening": dataclasses.replace(DEFAULT, whiten=False),

@@ -167,7 +167,7 @@ def main() -> None:
             print(f"{scene:16s} {method:18s} {s['num_localized']:3d}/{s['num_queries']:<2d} {recall[0]:8.1f}% "
                   f"{recall[1]:8.1f}% {recall[2]:7.1f}% {100 * s['median_translation_m']:7.2f} "
                   f"{s['median_rotation_deg']:8.3f} | {timings} {1000 * s['median_cpu_s']:6.0f}")
-    print("timings: median milliseconds per query and stage (wall clock; cpu = process CPU time, both threads)")
+    print("timings: median milliseconds per query and stage (wall clock; cpu = CPU time of the process for the whole query)")
     print(f"machine load average {report['machine']['load_average_start']} -> {report['machine']['load_average_end']}")
     if args.json:
         atomic_write_text(args.json, json.dumps(report, indent=2, default=float))

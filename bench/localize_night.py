@@ -21,7 +21,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from hierloc.localization import GlobalConfig, Localizer, LocalizerConfig, MapBuildConfig, build_scene_map
+from hierloc.evaluation.pose_errors import align_similarity, pose_error
+from hierloc.localization import GlobalConfig, Localizer, LocalizerConfig, MapBuildConfig, SceneMap, build_scene_map
 from hierloc.localization.visualize import localization_figure
 from hierloc.maps import load_map
 from hierloc.utils.images import read_image
@@ -43,6 +44,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("outputs/bench_night"))
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--reuse-maps", action="store_true", help="load the maps of an earlier run from --out")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     configure_threads(args.threads)
@@ -51,15 +53,20 @@ def main() -> None:
         parser.error(f"{args.data} lacks mapping/ or query_from_PR489/night.jpg")
     args.out.mkdir(parents=True, exist_ok=True)
     query = read_image(query_path)
-    rows = []
+    rows, scenes = [], {}
     for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
         features, options, matcher = METHODS[method]
         config = MapBuildConfig(features=features, feature_options=options, matcher=matcher, pairs="exhaustive",
                                 mode="sfm", global_model=GlobalConfig())
         t0 = time.perf_counter()
-        scene, report = build_scene_map(load_map(mapping), config)
+        if args.reuse_maps and (args.out / f"map_{method}" / "map.json").is_file():
+            scene = SceneMap.load(args.out / f"map_{method}")
+            report = {"images": len(list(mapping.glob("*.jpg")))}
+        else:
+            scene, report = build_scene_map(load_map(mapping), config)
+            scene.save(args.out / f"map_{method}")
         build_seconds = time.perf_counter() - t0
-        scene.save(args.out / f"map_{method}")
+        scenes[method] = scene
         localizer = Localizer(scene, LocalizerConfig(num_retrieved=5))
         result = localizer.localize(query, None, "night.jpg", image_path=query_path)
         centres = np.stack([im.pose[:3, 3] for im in scene.images])
@@ -76,13 +83,32 @@ def main() -> None:
                "build_s": build_seconds, "success": result.success, "inliers": result.num_inliers,
                "correspondences": result.num_correspondences, "camera": result.camera.params.tolist(),
                "camera_source": result.camera_source, "place": result.place, "timings_s": result.timings,
-               "nearest_map_camera_in_spreads": nearest, "png": str(png), "message": result.message}
+               "nearest_map_camera_in_spreads": nearest, "png": str(png), "message": result.message,
+               "T_world_cam": None if not result.success else result.T_world_cam.tolist()}
         rows.append(row)
         print(f"{method}: map {row['registered']} images, {scene.num_points} points ({build_seconds:.0f} s); night: "
               + (f"{result.num_inliers} inliers of {result.num_correspondences}, focal {result.camera.params[0]:.0f} "
                  f"({result.camera_source})" if result.success else f"FAILED: {result.message}")
               + f", {1000 * result.timings['total']:.0f} ms; {png}", flush=True)
-    payload = {"load_average": os.getloadavg(), "results": rows}
+    # No ground truth: do the methods agree? Each map is brought onto the first one by a similarity from
+    # their common images, and the night poses are compared there (in units of the first map's camera spread).
+    localized = [r for r in rows if r["success"]]
+    agreement = []
+    if len(localized) > 1:
+        ref = scenes[localized[0]["method"]]
+        ref_poses = {im.name: im.pose for im in ref.images}
+        centres = np.stack([im.pose[:3, 3] for im in ref.images])
+        spread = float(np.median(np.linalg.norm(centres - centres.mean(axis=0), axis=1)))
+        for row in localized[1:]:
+            other = scenes[row["method"]]
+            similarity = align_similarity({im.name: im.pose for im in other.images}, ref_poses)
+            dt, dr = pose_error(similarity.transform_pose(np.array(row["T_world_cam"])),
+                                np.array(localized[0]["T_world_cam"]))
+            agreement.append({"methods": [localized[0]["method"], row["method"]], "position_in_spreads": dt / spread,
+                              "rotation_deg": dr})
+            print(f"night pose, {row['method']} vs {localized[0]['method']} (maps aligned by their images): "
+                  f"{dt / spread:.3f} camera spreads apart, {dr:.2f} deg")
+    payload = {"load_average": os.getloadavg(), "results": rows, "agreement": agreement}
     if args.json:
         atomic_write_text(args.json, json.dumps(payload, indent=2, default=float))
         print(f"JSON written to {args.json}")

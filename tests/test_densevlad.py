@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import cv2
 import numpy as np
 import pytest
@@ -39,6 +42,16 @@ def test_dense_rootsift_on_a_grid_at_several_scales():
     assert local_descriptors(image[:, :, 0], config).shape == descriptors.shape  # grayscale input
     dog = local_descriptors(np.zeros((48, 64), np.uint8), DenseVLADConfig(detector="dog"))
     assert dog.shape[0] >= 1  # a blank frame still gets a descriptor
+
+
+def test_flat_patches_are_dropped():
+    image = _textures(1, size=(128, 64))[0][:, :, 0].copy()
+    image[:, 64:] = 90  # right half flat
+    config = DenseVLADConfig(grid_step=8, scales=(1.0,))
+    kept = local_descriptors(image, config)
+    everything = local_descriptors(image, dataclasses.replace(config, min_patch_contrast=0.0))
+    assert everything.shape[0] == 16 * 8 and 0.4 * 128 < kept.shape[0] < 0.7 * 128
+    assert local_descriptors(np.full((64, 64), 7, np.uint8), config).shape == (1, 128)  # blank: one descriptor
 
 
 def test_root_sift_by_hand():
@@ -90,6 +103,13 @@ def test_save_and_load_round_trip(fitted, tmp_path):
         DenseVLAD.load(tmp_path / "other.npz")
     with pytest.raises(FileNotFoundError, match="needs a vocabulary file"):
         load_densevlad("auto")
+    with np.load(path) as data:  # a file written before the flat-patch filter existed keeps its behaviour
+        arrays = {k: data[k] for k in data.files}
+    config = json.loads(str(arrays["config_json"]))
+    del config["min_patch_contrast"]
+    arrays["config_json"] = np.array(json.dumps(config))
+    np.savez(tmp_path / "old.npz", **arrays)
+    assert DenseVLAD.load(tmp_path / "old.npz").config.min_patch_contrast == 0.0
     with pytest.raises(ValueError, match="DenseVLAD detector"):
         DenseVLADConfig(detector="harris")
 

@@ -13,7 +13,7 @@ import pytest
 
 from hierloc.cli.main import main as hierloc
 from hierloc.datasets import read_vprbench
-from hierloc.evaluation import EvaluationSettings, evaluate, precomputed_method, write_report
+from hierloc.evaluation import EvaluationSettings, evaluate, extractor_method, precomputed_method, write_report
 
 NUM_REFS, NUM_QUERIES = 12, 6
 
@@ -52,14 +52,34 @@ def _png_ok(path: Path) -> None:
     assert image is not None and image.shape[0] > 100 and image.shape[1] > 100
 
 
-def test_pipeline_on_precomputed_descriptors(vprbench, tmp_path):
+def test_pipeline_on_precomputed_descriptors_and_a_network(vprbench, tmp_path):
+    from hierloc.extraction import GlobalExtractor
+    from hierloc.models import build_model
+
     dataset = read_vprbench(vprbench)
-    evaluation = evaluate(dataset, [precomputed_method(vprbench / "handmade.h5", "handmade")],
-                          EvaluationSettings(pca_dims=[None, 5, 100], max_n=8))
+    seen_sizes = []
+
+    def small_network():
+        extractor = GlobalExtractor(build_model("mobilenetvlad", num_clusters=4, reduction_dim=None), device="cpu",
+                                    fast=False)
+        describe_batch = extractor.describe_batch
+        extractor.describe_batch = lambda images: (seen_sizes.extend(im.shape[:2] for im in images),
+                                                   describe_batch(images))[1]
+        return extractor
+
+    methods = [precomputed_method(vprbench / "handmade.h5", "handmade"),
+               extractor_method("small", small_network, "small-mobilenetvlad", min_side=80)]
+    settings = EvaluationSettings(pca_dims=[None, 5, 100], max_n=8)
+    evaluation = evaluate(dataset, methods, settings, cache_dir=tmp_path / "cache")
     result = evaluation.result("handmade", None, "query")
     assert result.metrics.recall.tolist() == [1.0] * 8
     assert evaluation.runs[0].skipped_pca == [100]  # more than min(12 references, 12 dimensions)
     assert {r.pca_dims for r in evaluation.results} == {None, 5}
+    assert evaluation.runs[1].descriptor_dim == 4 * 112
+    assert set(seen_sizes) == {(80, 107)}  # 72 x 96 images upscaled to a short side of 80
+    again = evaluate(dataset, methods, settings, cache_dir=tmp_path / "cache")
+    assert len(seen_sizes) == NUM_REFS + NUM_QUERIES  # the second run read the cache
+    np.testing.assert_array_equal(again.runs[1].reference, evaluation.runs[1].reference)
     written = write_report(evaluation, tmp_path / "out", top=3, examples=2)
     for path in written["plots"] + written["grids"]:
         _png_ok(path)
@@ -71,15 +91,15 @@ def test_pipeline_on_precomputed_descriptors(vprbench, tmp_path):
 
 def test_evaluate_command_writes_numbers_plots_grids_and_reuses_its_cache(vprbench, tmp_path, capsys):
     out, cache = tmp_path / "report", tmp_path / "cache"
-    args = ["evaluate", "--dataset", "vprbench", str(vprbench), "--method", "densevlad", "mobilenetvlad=none",
+    args = ["evaluate", "--dataset", "vprbench", str(vprbench), "--method", "densevlad",
             str(vprbench / "handmade.h5"), "--pca-dims", "none", "4", "--json", str(tmp_path / "out.json"),
-            "--out", str(out), "--cache", str(cache), "--max-n", "10", "--min-side", "96"]
+            "--out", str(out), "--cache", str(cache), "--max-n", "10"]
     assert hierloc(args) == 0
     printed = capsys.readouterr().out
     assert "R@1" in printed and f"report written to {out / 'index.html'}" in printed
     data = json.loads((tmp_path / "out.json").read_text())
     recall = {(r["method"], r["pca_dims"]): r["recall"] for r in data["results"]}
-    assert set(recall) == {(m, p) for m in ("densevlad", "mobilenetvlad (untrained)", "handmade") for p in (None, 4)}
+    assert set(recall) == {(m, p) for m in ("densevlad", "handmade") for p in (None, 4)}
     for values in recall.values():
         assert set(values) == {"1", "5", "10"} and all(0.0 <= v <= 1.0 for v in values.values())
     assert recall[("handmade", None)] == {"1": 1.0, "5": 1.0, "10": 1.0}
@@ -88,7 +108,7 @@ def test_evaluate_command_writes_numbers_plots_grids_and_reuses_its_cache(vprben
     for name in ("recall_at_n.png", "precision_recall.png"):
         _png_ok(out / name)
     grids = sorted((out / "retrievals").glob("*.png"))
-    assert len(grids) == 3
+    assert len(grids) == 2
     for grid in grids:
         _png_ok(grid)
     assert (out / "index.html").is_file() and (out / "results.json").is_file()
@@ -118,3 +138,24 @@ def test_evaluate_command_reports_user_errors_in_one_line(vprbench, capsys):
     assert "no season folder" in capsys.readouterr().err
     assert hierloc(["evaluate", "--dataset", "vprbench", str(vprbench), "--pca-dims", "big"]) == 1
     assert "--pca-dims: 'big'" in capsys.readouterr().err
+
+
+def test_method_arguments_are_parsed_into_sources(vprbench, tmp_path):
+    import argparse
+
+    from hierloc.cli.evaluate import parse_methods
+
+    def parse(*methods, weights=None):
+        args = argparse.Namespace(method=list(methods), weights=weights, min_side=None, device="cpu",
+                                  precision="fp32", threads=None)
+        return [(m.label, m.kind) for m in parse_methods(args)]
+
+    h5 = str(vprbench / "handmade.h5")
+    assert parse("densevlad", "mobilenetvlad_imagenet", "mobilenetvlad=none", h5) == [
+        ("densevlad", "densevlad"), ("mobilenetvlad_imagenet (k-means init)", "kmeans"),
+        ("mobilenetvlad (untrained)", "extractor"), ("handmade", "precomputed")]
+    assert parse("mobilenetvlad", weights="none") == [("mobilenetvlad (untrained)", "extractor")]
+    with pytest.raises(ValueError, match="exactly one network"):
+        parse("mobilenetvlad", "netvlad", weights="none")
+    with pytest.raises(FileNotFoundError, match="no such DenseVLAD vocabulary"):
+        parse(f"densevlad={tmp_path / 'missing.npz'}")

@@ -54,6 +54,27 @@ def test_map_build_then_localize_with_ground_truth(datasets, tmp_path, capsys):
     assert "20 images" in capsys.readouterr().out
 
 
+def test_map_build_from_a_colmap_model_triangulates_with_its_poses(datasets, tmp_path, capsys):
+    import pycolmap
+
+    root, world = datasets
+    # A COLMAP model of the mapping images: their cameras and poses, no 3-D points.
+    model = pycolmap.Reconstruction()
+    camera = world.missions["day"].keyframes[0].camera.to_pycolmap(1)
+    model.add_camera_with_trivial_rig(camera)
+    for image_id, kf in enumerate(world.missions["day"].keyframes, start=1):
+        image = pycolmap.Image(name=kf.name, camera_id=1, image_id=image_id)
+        model.add_image_with_trivial_frame(image, pycolmap.Rigid3d(invert_pose(kf.pose)[:3, :]))
+    (tmp_path / "sparse").mkdir()
+    model.write_text(str(tmp_path / "sparse"))
+    assert main(["map", "build", str(tmp_path / "sparse"), "--kind", "colmap", "--image-dir", str(root / "mapping"),
+                 "--out", str(tmp_path / "map"), "--global-model", "none", "--pairs", "sequential"]) == 0
+    printed = capsys.readouterr().out
+    assert "3-D map: 20 images" in printed and "built by triangulation" in printed
+    points = int(printed.split(" points,")[0].split()[-1])
+    assert points > 500
+
+
 def test_localize_reports_user_errors_in_one_line(tmp_path, capsys):
     assert main(["localize", str(tmp_path), str(tmp_path)]) == 1
     error = capsys.readouterr().err

@@ -26,7 +26,7 @@ QUERY_FOLDERS = ("query", "queries")
 GROUND_TRUTH_FILES = ("ground_truth.txt", "ground_truth.csv", "ground_truth.npy", "ground_truth_new.npy")
 
 
-def _first_existing(root: Path, candidates, kind: str, want_dir: bool = True) -> Path | None:
+def _first_existing(root: Path, candidates, want_dir: bool = True) -> Path | None:
     for name in candidates:
         path = root / name
         if (path.is_dir() if want_dir else path.exists()):
@@ -68,8 +68,8 @@ def read_folders(path: str | os.PathLike, reference: str | None = None, queries:
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such dataset folder")
-    ref_dir = root / reference if reference else _first_existing(root, REFERENCE_FOLDERS, "reference")
-    query_dir = root / queries if queries else _first_existing(root, QUERY_FOLDERS, "query")
+    ref_dir = root / reference if reference else _first_existing(root, REFERENCE_FOLDERS)
+    query_dir = root / queries if queries else _first_existing(root, QUERY_FOLDERS)
     if ref_dir is None or not ref_dir.is_dir():
         raise FileNotFoundError(f"{root}: no reference folder (one of {', '.join(REFERENCE_FOLDERS)})")
     if query_dir is None or not query_dir.is_dir():
@@ -78,7 +78,7 @@ def read_folders(path: str | os.PathLike, reference: str | None = None, queries:
     query_set = ImageSet(query_dir.name, query_dir, list_image_names(query_dir),
                          key_prefix=query_dir.relative_to(root).as_posix())
     notes = []
-    gt_file = Path(ground_truth) if ground_truth else _first_existing(root, GROUND_TRUTH_FILES, "gt", want_dir=False)
+    gt_file = Path(ground_truth) if ground_truth else _first_existing(root, GROUND_TRUTH_FILES, want_dir=False)
     ref_pose_source = reference_poses or _pose_source(root, "reference_poses")
     query_pose_source = query_poses or _pose_source(root, "query_poses")
     if gt_file is not None:

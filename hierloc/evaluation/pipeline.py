@@ -12,12 +12,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..datasets.base import ImageSet, RetrievalDataset
+from ..index import PCA
 from .descriptors import compute_descriptors, read_cache, read_precomputed
 from .ground_truth import GroundTruth
 from .methods import Method
 from .recall import RankingMetrics, cumulative_true_false_positives, ranking_metrics
 from .retrieval import Ranking, rank_references, truncated_pca
-from ..index import PCA
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,6 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

@@ -11,9 +11,10 @@ vector with its row number, so removing a mission keeps rows and labels in step:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterator
 
 import faiss
 import numpy as np
@@ -31,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 HNSW_STORAGES = {"flat": None, "sq8": faiss.ScalarQuantizer.QT_8bit, "fp16": faiss.ScalarQuantizer.QT_fp16}
 IVFPQ_REFINES = {None: None, "flat": "RFlat", "fp16": "Refine(SQfp16)", "sq8": "Refine(SQ8)"}
+# OPQ rotation updates (faiss: 50); the rotation has mostly settled after 20 and each costs a PQ training.
+OPQ_ITERATIONS = 20
 # faiss's k-means asks for this many training points per centroid before it warns.
 MIN_POINTS_PER_CENTROID = 39
 
@@ -39,6 +42,16 @@ MIN_POINTS_PER_CENTROID = 39
 # about a millisecond at high recall up to AUTO_IVFPQ_FROM; beyond, IVF-PQ keeps memory bounded.
 AUTO_HNSW_FROM = 50_000
 AUTO_IVFPQ_FROM = 2_000_000
+
+
+@contextlib.contextmanager
+def _faiss_threads(n: int) -> Iterator[None]:
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def _positive_int(value: Any, label: str) -> int:
@@ -153,8 +166,8 @@ class IVFPQSearch(FaissSearch):
     `nlist` cells (default: from the training set size), `m` codes of `nbits` bits per vector,
     `nprobe` cells visited per query; `refine` re-ranks `k_factor * k` candidates with a finer copy
     ("flat", "fp16" or "sq8"), at that copy's memory cost. Training uses a random sample of
-    `train_points` vectors (default: 64 per cell or per code centroid, whichever is more), which
-    keeps k-means on a million-keyframe map to minutes.
+    `train_points` vectors (default: 40 per cell or per code centroid, whichever is more, about
+    faiss's minimum of 39), which keeps k-means on a million-keyframe map to minutes.
     """
 
     # Inverted lists are memory-mapped by IO_FLAG_MMAP (the flat-code flag does not apply to them).
@@ -225,7 +238,7 @@ class IVFPQSearch(FaissSearch):
         if n < MIN_POINTS_PER_CENTROID * needed:
             logger.warning("ivfpq: %d training vectors for %d centroids; codes will be coarse (faiss advises %d)",
                            n, needed, MIN_POINTS_PER_CENTROID * needed)
-        wanted = self.train_points or 64 * max(nlist, 2**self.nbits)
+        wanted = self.train_points or 40 * max(nlist, 2**self.nbits)
         if n > wanted:
             vectors = vectors[np.sort(np.random.default_rng(0).choice(n, wanted, replace=False))]
         index = faiss.index_factory(self.dim, self.factory_string(nlist), faiss.METRIC_L2)
@@ -239,7 +252,14 @@ class IVFPQSearch(FaissSearch):
         if self.opq:
             # OPQ otherwise trains a private 8-bit PQ; the IVF's own one has the right size and settings.
             rotated = faiss.downcast_index(index.base_index) if isinstance(index, faiss.IndexRefine) else index
-            faiss.downcast_VectorTransform(rotated.chain.at(0)).pq = ivf.pq
+            opq = faiss.downcast_VectorTransform(rotated.chain.at(0))
+            opq.pq = ivf.pq
+            opq.niter = OPQ_ITERATIONS
+            # OPQ alternates thousands of k-means runs on 4-D sub-vectors: far too small to share
+            # between threads, whose start-up and barriers would dominate. The IVF k-means that
+            # follows (index.train skips the trained rotation) is large and uses every thread.
+            with _faiss_threads(1):
+                opq.train(vectors)
         index.train(vectors)
         self._attach(index)
 

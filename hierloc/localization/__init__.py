@@ -7,7 +7,17 @@
 """
 
 from .absolute_pose import PoseEstimationConfig, estimate_absolute_pose, query_camera
-from .build import BUILD_MODES, MapBuildConfig, MatchCache, build_scene_map, select_keyframes, write_build_outputs
+from .build import (
+    BUILD_MODES,
+    MapBuildConfig,
+    MatchCache,
+    attach_global_index,
+    build_scene_map,
+    describe_globally,
+    import_colmap_model,
+    select_keyframes,
+    write_build_outputs,
+)
 from .clustering import covisibility_clusters
 from .localizer import LocalizationResult, Localizer, LocalizerConfig, QueryImage, summarize_timings
 from .pairs import PAIR_STRATEGIES, exhaustive_pairs, pairs_from_poses, pairs_from_retrieval, sequential_pairs
@@ -19,7 +29,8 @@ from .scene_map import MapFormatError, MapImage, SceneMap
 __all__ = [
     "BUILD_MODES", "GlobalConfig", "LocalizationResult", "Localizer", "LocalizerConfig", "MapBuildConfig",
     "MapFormatError", "MapImage", "MatchCache", "PAIR_STRATEGIES", "PoseEstimationConfig", "QueryImage",
-    "ReconstructionConfig", "SceneMap", "build_scene_map", "covisibility_clusters", "estimate_absolute_pose",
+    "ReconstructionConfig", "SceneMap", "attach_global_index", "build_scene_map", "describe_globally",
+    "import_colmap_model", "covisibility_clusters", "estimate_absolute_pose",
     "exhaustive_pairs", "incremental_sfm", "pairs_from_poses", "pairs_from_retrieval", "query_camera",
     "read_hloc_poses", "select_keyframes", "sequential_pairs", "summarize_timings", "triangulate_from_poses",
     "write_build_outputs", "write_hloc_poses", "write_results_json",
