@@ -13,8 +13,16 @@ Prints a table, writes JSON (--json) and one PNG per scene and method (camera po
 Timings: wall clock per stage, and the process CPU time of the query (cpu), which on a machine
 shared with other jobs is the steadier number; with --threads 1 it is the single-core cost.
 
-Usage: python bench/localize.py --scene ../shared/data/strecha/fountain-P11 [--scene ...]
-       [--methods sift,xfeat+lighterglue,aliked+lightglue] [--threads 1] [--json out.json]
+With --synthetic N, the synthetic world is localized as well: a map of its day loop (N frames,
+640x480, exact poses), queries from the dusk loop, one at a time and in batch mode (the next
+query decoded and described by the networks while the current one is matched and posed).
+--resize-max 640 runs every method on images whose long side is 640 (Strecha: 640x427), the
+query size of a robot's camera; by default Strecha runs at full resolution (1536x1024).
+
+Usage: python bench/localize.py --json out.json          # every Strecha scene of ../shared/data
+       python bench/localize.py --scene path/to/strecha-scene [--scene ...]
+       [--methods sift,xfeat+lighterglue,aliked+lightglue] [--resize-max 640] [--synthetic 40]
+       [--threads 1] [--json out.json]
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from hierloc.localization import GlobalConfig, Localizer, LocalizerConfig, MapBu
 from hierloc.localization.build import attach_global_index, describe_globally
 from hierloc.localization.retrieval import resize_max_side
 from hierloc.maps import load_map
+from hierloc.utils.images import read_image
 from hierloc.utils.io import atomic_write_text
 from hierloc.utils.threads import configure_threads
 
@@ -50,7 +59,24 @@ METHODS = {
     "xfeat+lighterglue": ("xfeat", {"max_keypoints": 2048}, "lighterglue"),
     "aliked+lightglue": ("aliked", {"resize_max": 1024, "max_keypoints": 2048}, "lightglue"),
 }
-STAGES = ("retrieval", "local_features", "clustering", "matching", "pose", "total")
+STAGES = ("decode", "retrieval", "local_features", "clustering", "matching", "pose", "total")
+SHARED_STRECHA = Path(__file__).resolve().parents[2] / "shared" / "data" / "strecha"
+
+
+def method_setup(method: str, resize_max: int | None) -> tuple[str, dict, str]:
+    """(features, feature options, matcher) of a method, with --resize-max applied."""
+    features, options, matcher = METHODS[method]
+    options = dict(options)
+    if resize_max:
+        options["resize_max"] = min(resize_max, options.get("resize_max") or resize_max)
+    return features, options, matcher
+
+
+def timed_load(keyframe) -> tuple[np.ndarray, float]:
+    """A keyframe's image and the seconds its decoding took."""
+    t0 = time.perf_counter()
+    image = keyframe.load_image()
+    return image, time.perf_counter() - t0
 
 
 def run_scene(scene_dir: Path, methods: list[str], args: argparse.Namespace, out: Path) -> dict:
@@ -61,7 +87,7 @@ def run_scene(scene_dir: Path, methods: list[str], args: argparse.Namespace, out
     small = {kf.name: resize_max_side(kf.load_image(), args.global_resize) for kf in keyframes}
     caches = {}
     for method in methods:
-        features, options, matcher = METHODS[method]
+        features, options, matcher = method_setup(method, args.resize_max)
         extractor = make_extractor(features, **options)
         caches[method] = MatchCache.open(out / f"{scene_map.name}_{method}_matches.h5", extractor.describe_config(),
                                          make_matcher(matcher, extractor.describe_config()).describe_config())
@@ -72,9 +98,9 @@ def run_scene(scene_dir: Path, methods: list[str], args: argparse.Namespace, out
         network, description, descriptors = describe_globally([small[n] for n in others], GlobalConfig(
             resize_max=args.global_resize), progress=False)
         global_seconds = time.perf_counter() - t0
-        query_image = kf.load_image()
+        query_image, decode_seconds = timed_load(kf)
         for method in methods:
-            features, options, matcher = METHODS[method]
+            features, options, matcher = method_setup(method, args.resize_max)
             config = MapBuildConfig(features=features, feature_options=options, matcher=matcher, pairs=args.pairs,
                                     num_neighbors=args.num_neighbors, mode=args.mode,
                                     global_model=GlobalConfig(model="none"))
@@ -90,6 +116,8 @@ def run_scene(scene_dir: Path, methods: list[str], args: argparse.Namespace, out
             cpu0 = time.process_time()
             result = localizer.localize(query_image, kf.camera, kf.name)
             cpu = time.process_time() - cpu0
+            result.timings["decode"] = decode_seconds
+            result.timings["total"] += decode_seconds  # end to end: from the image file to the pose
             estimate = result.T_world_cam
             alignment = None
             if estimate is not None and not scene.is_metric:
@@ -125,10 +153,78 @@ def run_scene(scene_dir: Path, methods: list[str], args: argparse.Namespace, out
     return summary
 
 
+def run_synthetic(methods: list[str], args: argparse.Namespace, out: Path) -> dict:
+    """Synthetic world at 640x480: map of the day loop, dusk queries one by one and in batch mode."""
+    from hierloc.localization.localizer import QueryImage
+    from hierloc.maps import make_synthetic_map
+    from hierloc.maps.synthetic import write_synthetic_dataset
+
+    world = make_synthetic_map(num_missions=2, frames_per_mission=args.synthetic, image_size=(640, 480), seed=0)
+    # Queries are read from PNG files, so the decode stage is a real one.
+    folder = write_synthetic_dataset(world.select(["dusk"]), out / "synthetic_queries")
+    keyframes = list(world.missions["dusk"].keyframes)
+    truth = {kf.name: kf.pose for kf in keyframes}
+    map_truth = {kf.name: kf.pose for kf in world.missions["day"].keyframes}
+    files = {kf.name: folder / "dusk" / Path(kf.name).name for kf in keyframes}
+    summary = {}
+    for method in methods:
+        features, options, matcher = method_setup(method, args.resize_max)
+        config = MapBuildConfig(features=features, feature_options=options, matcher=matcher, pairs="sequential",
+                                num_neighbors=args.num_neighbors, global_model=GlobalConfig(
+                                    resize_max=args.global_resize))
+        t0 = time.perf_counter()
+        scene, _ = build_scene_map(world.select(["day"]), config, progress=False)
+        build_seconds = time.perf_counter() - t0
+        localizer = Localizer(scene, LocalizerConfig(num_retrieved=args.num_retrieved))
+        warm = keyframes[0].load_image()
+        for _ in range(2):  # the second call traces the global network
+            localizer.localize(warm, keyframes[0].camera, "warm-up")
+        queries = [QueryImage(kf.name, (lambda f=files[kf.name]: read_image(f)), kf.camera) for kf in keyframes]
+        rows = []
+        for query in queries:  # one at a time, as a robot's frames arrive
+            t0 = time.perf_counter()
+            image = query.load()
+            decode_seconds = time.perf_counter() - t0
+            cpu0 = time.process_time()
+            result = localizer.localize(image, query.camera, query.name)
+            result.timings["decode"] = decode_seconds
+            result.timings["total"] += decode_seconds
+            rows.append((result, time.process_time() - cpu0))
+        batch = {}
+        for overlap in (False, True):
+            t0 = time.perf_counter()
+            localizer.localize_many(queries, progress=False, overlap=overlap)
+            batch["overlapped" if overlap else "sequential"] = (time.perf_counter() - t0) / len(queries)
+        errors = {r.name: pose_error(r.T_world_cam, truth[r.name]) if r.success else (float("inf"), float("inf"))
+                  for r, _ in rows}
+        stats = summarize_errors(errors)
+        stats["median_timings_s"] = {st: statistics.median(r.timings.get(st, 0.0) for r, _ in rows) for st in STAGES}
+        stats["median_cpu_s"] = statistics.median(cpu for _, cpu in rows)
+        stats["median_map_build_s"] = build_seconds
+        stats["batch_s_per_query"] = batch
+        estimated = {r.name: r.T_world_cam for r, _ in rows}
+        png = plot_localization(out / f"synthetic_{method}.png", map_truth, truth, estimated,
+                                f"synthetic world 640x480, {method}: {format_summary(stats)}")
+        summary[method] = {"summary": stats, "png": str(png),
+                           "queries": [{"query": r.name, "success": r.success, "translation_m": errors[r.name][0],
+                                        "rotation_deg": errors[r.name][1], "inliers": r.num_inliers,
+                                        "timings_s": r.timings, "cpu_s": cpu} for r, cpu in rows]}
+        print(f"synthetic {method:18s} {format_summary(stats)}; batch mode "
+              f"{1000 * batch['sequential']:.0f} ms/query sequential, {1000 * batch['overlapped']:.0f} overlapped",
+              flush=True)
+    return summary
+
+
 def main() -> None:
     """Run the benchmark and report."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scene", action="append", required=True, type=Path, help="Strecha scene folder (repeat)")
+    parser.add_argument("--scene", action="append", type=Path,
+                        help="Strecha scene folder (repeat; default: every scene in ../shared/data/strecha)")
+    parser.add_argument("--no-strecha", action="store_true", help="only the synthetic world")
+    parser.add_argument("--resize-max", type=int, default=None,
+                        help="long image side for local features of map and queries (default: full resolution)")
+    parser.add_argument("--synthetic", type=int, default=0, metavar="FRAMES",
+                        help="also localize the synthetic world (640x480) with a map of this many frames")
     parser.add_argument("--methods", default="sift,xfeat+lighterglue,aliked+lightglue",
                         help=f"comma-separated, from {', '.join(METHODS)}")
     parser.add_argument("--mode", default="triangulation", choices=["triangulation", "sfm"])
@@ -148,12 +244,20 @@ def main() -> None:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         parser.error(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
+    if args.no_strecha:
+        args.scene = []
+    elif not args.scene:
+        args.scene = sorted(d for d in SHARED_STRECHA.glob("*") if (d / "gt_dense_cameras").is_dir())
+        if not args.scene and not args.synthetic:
+            parser.error(f"no Strecha scenes in {SHARED_STRECHA}: pass --scene or --synthetic")
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": threads,
                           "load_average_start": os.getloadavg()},
               "settings": {k: str(v) for k, v in vars(args).items()}, "scenes": {}}
     for scene_dir in args.scene:
         report["scenes"][scene_dir.name] = run_scene(scene_dir, methods, args, args.out)
+    if args.synthetic:
+        report["scenes"]["synthetic"] = run_synthetic(methods, args, args.out)
     report["machine"]["load_average_end"] = os.getloadavg()
 
     header = (f"\n{'scene':16s} {'method':18s} {'loc.':>6s} {'<0.25m,2d':>9s} {'<0.5m,5d':>9s} {'<5m,10d':>8s} "
@@ -168,6 +272,10 @@ def main() -> None:
                   f"{recall[1]:8.1f}% {recall[2]:7.1f}% {100 * s['median_translation_m']:7.2f} "
                   f"{s['median_rotation_deg']:8.3f} | {timings} {1000 * s['median_cpu_s']:6.0f}")
     print("timings: median milliseconds per query and stage (wall clock; cpu = CPU time of the process for the whole query)")
+    for method, data in report["scenes"].get("synthetic", {}).items():
+        batch = data["summary"]["batch_s_per_query"]
+        print(f"synthetic batch mode, {method}: {1000 * batch['sequential']:.0f} ms per query with stages in sequence, "
+              f"{1000 * batch['overlapped']:.0f} ms with the next query's networks overlapping")
     print(f"machine load average {report['machine']['load_average_start']} -> {report['machine']['load_average_end']}")
     if args.json:
         atomic_write_text(args.json, json.dumps(report, indent=2, default=float))

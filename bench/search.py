@@ -257,6 +257,12 @@ def _backend_memory(backend: SearchBackend, _: np.ndarray) -> int:
     return backend.memory_bytes()
 
 
+def _faiss_flat(database: np.ndarray) -> faiss.Index:
+    index = faiss.IndexFlatIP(database.shape[1])
+    index.add(database)
+    return index
+
+
 class TorchMatmul:
     """hloc's retrieval: a similarity matrix by matrix product, then top-k (here in blocks of queries)."""
 
@@ -318,7 +324,9 @@ def methods(args: argparse.Namespace) -> list[Method]:
         return setter
 
     return [
-        Method("faiss flat, exact (hierloc flat)", _backend("flat"), _backend_search, _backend_memory),
+        Method("hierloc flat, exact (torch over faiss storage)", _backend("flat"), _backend_search, _backend_memory),
+        Method("faiss IndexFlatIP, exact", _faiss_flat, lambda index, q, k: index.search(q, k)[1],
+               lambda index, db: db.nbytes),
         Method("torch matmul, exact (hloc)", TorchMatmul, lambda m, q, k: m.search(q, k),
                lambda m, db: db.nbytes),
         Method("scipy cKDTree eps=0.1 (libnabo stand-in)", lambda db: cKDTree(db, leafsize=16, balanced_tree=False),

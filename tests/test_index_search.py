@@ -283,3 +283,28 @@ def test_empty_index_retrieves_nothing():
     assert retriever.retrieve(np.ones((2, 32), np.float32), k=3) == [[], []]
     with pytest.raises(ValueError, match="empty descriptor matrix"):
         Retriever(empty, pca_dims=4)
+
+
+def test_flat_search_matches_faiss_in_chunks_and_reads_memory_mapped_storage(tmp_path, monkeypatch):
+    from hierloc.index import search as search_module
+    from hierloc.index.search import make_backend
+
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((500, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    backend = make_backend("flat", 32)
+    backend.add(vectors)
+    queries = vectors[:12] + 0.05 * rng.standard_normal((12, 32)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    faiss_similarities, faiss_rows = backend.faiss_index.search(queries, 5)
+    monkeypatch.setattr(search_module, "SCORE_BLOCK_ELEMENTS", 500 * 5)  # chunks of 5 queries
+    batch_distances, batch_rows = backend.search(queries, 5)
+    np.testing.assert_array_equal(batch_rows, faiss_rows)
+    np.testing.assert_allclose(batch_distances, np.sqrt(np.maximum(2 - 2 * faiss_similarities, 0)), atol=1e-3)
+    exact_self, self_rows = backend.search(vectors[7:8], 1)
+    assert self_rows[0, 0] == 7 and exact_self[0, 0] == 0.0
+    backend.write(tmp_path / "flat.faiss")
+    mapped = type(backend).read(tmp_path / "flat.faiss", mmap=True)
+    mapped_distances, mapped_rows = mapped.search(queries[:2], 600)  # k beyond the stored count
+    assert (mapped_rows[:, 500:] == -1).all() and np.isinf(mapped_distances[:, 500:]).all()
+    np.testing.assert_array_equal(mapped_rows[:, :5], batch_rows[:2])

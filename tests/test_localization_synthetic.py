@@ -84,6 +84,22 @@ def test_sift_localizes_dusk_queries_within_tight_bounds(world, scene):
     assert np.all(errors[np.isfinite(errors[:, 0]), 0] < 0.15)  # a localized query is never grossly wrong
 
 
+def test_batch_mode_overlapping_stages_gives_the_single_query_poses(world, scene):
+    from hierloc.localization.localizer import QueryImage
+
+    localizer = Localizer(scene, LocalizerConfig(num_retrieved=0))
+    keyframes = world.missions["dusk"].keyframes[1:8:2]
+    queries = [QueryImage(kf.name, kf.load_image, kf.camera) for kf in keyframes]
+    overlapped = localizer.localize_many(queries, progress=False)
+    sequential = localizer.localize_many(queries, progress=False, overlap=False)
+    assert [r.name for r in overlapped] == [kf.name for kf in keyframes]
+    for a, b in zip(overlapped, sequential):
+        assert a.success == b.success and a.num_inliers == b.num_inliers
+        if a.success:
+            np.testing.assert_allclose(a.T_cam_world, b.T_cam_world, atol=1e-9)
+        assert a.timings["decode"] >= 0 and a.timings["total"] >= a.timings["local_features"]
+
+
 def test_query_from_another_scene_is_reported_as_a_failure(scene):
     other = SyntheticWorld(seed=7)  # other textures everywhere
     camera = other.default_camera(IMAGE_SIZE)

@@ -149,7 +149,8 @@ def _styles(methods: Sequence[str], pca_labels: Sequence[str]) -> dict:
 def _save(fig, path: str | os.PathLike) -> Path:
     path = Path(path)
     with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+        # "tight" crops the space reserved for a legend narrower than the room left for it.
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight", pad_inches=0.15)
     _pyplot().close(fig)
     return path
 
@@ -168,10 +169,12 @@ def _figure(panels: int):
 
 def _finish(fig, axes, title: str) -> None:
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
+    plots_right = 1 - 4.2 / fig.get_figwidth()
     if title:
         fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0, 1 - 4.2 / fig.get_figwidth(), 1))
+    fig.tight_layout(rect=(0, 0, plots_right, 1))
+    # Right next to the last panel rather than at the figure's edge.
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(plots_right, 0.5), fontsize=8, frameon=False)
 
 
 def plot_recall_curves(curves: Sequence[dict], path: str | os.PathLike, title: str = "") -> Path:

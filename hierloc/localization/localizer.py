@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +108,15 @@ class QueryImage:
     load: Callable[[], np.ndarray]
     camera: Camera | None = None
     image_path: Path | None = None
+
+
+@dataclass
+class _Described:
+    """A query after the network stages: retrieved keyframes, local features, and their timings."""
+
+    retrieved: list[str]
+    features: LocalFeatures
+    timings: dict[str, float]
 
 
 @dataclass
@@ -216,8 +226,24 @@ class Localizer:
     def localize(self, image: np.ndarray, camera: Camera | None = None, name: str = "query",
                  image_path: str | os.PathLike | None = None) -> LocalizationResult:
         """Pose of one query image (HxW or HxWx3); `camera` default: EXIF of `image_path`, else a guess."""
+        return self._match_and_pose(self._describe(image), image, camera, name, image_path)
+
+    def _describe(self, image: np.ndarray) -> _Described:
+        """The network stages of a query: retrieval (global descriptor + search) and local features."""
         timings = {stage: 0.0 for stage in STAGES}
+        t0 = time.perf_counter()
+        retrieved = self.retrieve(image)
+        timings["retrieval"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        features = self.extractor.extract(image)
+        timings["local_features"] = time.perf_counter() - t0
+        return _Described(retrieved, features, timings)
+
+    def _match_and_pose(self, described: _Described, image: np.ndarray, camera: Camera | None, name: str,
+                        image_path: str | os.PathLike | None) -> LocalizationResult:
+        """The geometric stages of a described query: places, 2D-3D matches, PnP, and the verdict."""
         start = time.perf_counter()
+        timings = dict(described.timings)
         height, width = image.shape[:2]
         camera_source = "given"
         if camera is None:
@@ -226,13 +252,8 @@ class Localizer:
             raise ValueError(f"query {name}: camera is {camera.width}x{camera.height} but the image {width}x{height}")
         focal_policy = self.config.pose.estimate_focal_length
         estimate_focal = focal_policy == "always" or (focal_policy == "auto" and camera_source == "guess")
+        retrieved, query = described.retrieved, described.features
 
-        t0 = time.perf_counter()
-        retrieved = self.retrieve(image)
-        timings["retrieval"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        query = self.extractor.extract(image)
-        timings["local_features"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         places = self.places(retrieved)[: self.config.max_places]
         timings["clustering"] = time.perf_counter() - t0
@@ -254,7 +275,8 @@ class Localizer:
                 best = (inliers, place, q_idx, p_rows, provenance, estimate)
             if inliers >= self.config.min_inliers:
                 break
-        timings["total"] = time.perf_counter() - start
+        # The query's own latency, whether or not its network stages overlapped with another query's.
+        timings["total"] = timings["retrieval"] + timings["local_features"] + time.perf_counter() - start
         result.timings = timings
         if best is None:
             result.message = "no retrieved map image observes 3-D points" if not places else "no correspondences"
@@ -273,15 +295,45 @@ class Localizer:
         return result
 
     def localize_many(self, queries: Sequence[QueryImage], progress: bool = True,
-                      io_workers: int = 2) -> list[LocalizationResult]:
-        """Batch mode: localize every query in order (images decoded ahead in threads)."""
+                      overlap: bool = True) -> list[LocalizationResult]:
+        """Batch mode: results in order; with `overlap`, the next queries are decoded and described
+        (networks) in a worker thread while the current one is matched and posed."""
+
+        def decode_and_describe(query: QueryImage) -> tuple[np.ndarray, _Described]:
+            t0 = time.perf_counter()
+            image = query.load()
+            decode_seconds = time.perf_counter() - t0
+            described = self._describe(image)
+            described.timings["decode"] = decode_seconds
+            return image, described
+
         results = []
-        with ThreadPoolExecutor(max_workers=max(1, io_workers)) as pool:
-            images = pool.map(lambda q: q.load(), queries)
-            for query, image in tqdm(zip(queries, images), total=len(queries), desc="localizing", unit="query",
-                                     disable=not progress):
-                results.append(self.localize(image, query.camera, query.name, query.image_path))
+        bar = tqdm(total=len(queries), desc="localizing", unit="query", disable=not progress)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            ahead: deque = deque()
+            upcoming = iter(queries)
+            for query in upcoming:
+                if not overlap:
+                    image, described = decode_and_describe(query)
+                    results.append(self._match_and_pose(described, image, query.camera, query.name, query.image_path))
+                    bar.update()
+                    continue
+                ahead.append((query, pool.submit(decode_and_describe, query)))
+                # Two queries in flight bound the memory of decoded images while keeping the worker busy.
+                if len(ahead) < 2:
+                    continue
+                results.append(self._finish_next(ahead))
+                bar.update()
+            while overlap and ahead:
+                results.append(self._finish_next(ahead))
+                bar.update()
+        bar.close()
         return results
+
+    def _finish_next(self, ahead: deque) -> LocalizationResult:
+        query, future = ahead.popleft()
+        image, described = future.result()
+        return self._match_and_pose(described, image, query.camera, query.name, query.image_path)
 
 
 def _inlier_matches(scene: SceneMap, q_idx: np.ndarray, p_rows: np.ndarray, inlier_mask: np.ndarray,
@@ -300,8 +352,8 @@ def summarize_timings(results: Iterable[LocalizationResult]) -> dict[str, dict[s
     """Median and mean seconds per stage over results."""
     results = list(results)
     summary = {}
-    for stage in (*STAGES, "total"):
-        values = [r.timings.get(stage, 0.0) for r in results]
+    for stage in ("decode", *STAGES, "total"):
+        values = [r.timings[stage] for r in results if stage in r.timings]
         if values:
             summary[stage] = {"median_s": float(np.median(values)), "mean_s": float(np.mean(values))}
     return summary
