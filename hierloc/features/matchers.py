@@ -105,7 +105,8 @@ class MutualNearestNeighbor(Matcher):
         t1 = d1 if isinstance(d1, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(d1, dtype=np.float32))
         with torch.inference_mode():
             similarity = t0.float() @ t1.float().T
-            top = similarity.topk(2 if need_two else 1, dim=1)
+            # A row maximum is about twice as fast as topk(1) on CPU.
+            top = similarity.topk(2, dim=1) if need_two else similarity.max(dim=1, keepdim=True)
             # Mutual: this row is the best of its nearest column. Comparing with the column maximum avoids an
             # argmax across rows, several times slower than a row-wise reduction on CPU.
             mutual = top.values[:, 0] >= similarity.amax(dim=0)[top.indices[:, 0]]

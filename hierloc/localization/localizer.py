@@ -53,6 +53,9 @@ class LocalizerConfig:
     max_places: int = 3  # places tried at most
     min_inliers: int = 20  # a pose with fewer PnP inliers is a failure
     match_triangulated_only: bool | None = None  # None: True for nearest-neighbour matching, False for LightGlue
+    # Mutual NN without a ratio test: match the query once against the place's 3-D points (one
+    # descriptor per point, as HF-Net) instead of against each keyframe, which sees many of the same points.
+    match_place_points: bool = True
     pose: PoseEstimationConfig = field(default_factory=PoseEstimationConfig)
     default_fov_deg: float | None = None  # camera of uncalibrated queries without EXIF; None: COLMAP's guess
     trace_global_network: bool = True  # faster per frame after a one-off cost of seconds (see GlobalExtractor)
@@ -199,8 +202,30 @@ class Localizer:
                 self._targets[name] = target
         return target
 
+    def _matches_place_points(self) -> bool:
+        return (self.config.match_place_points and self._only_3d and isinstance(self.matcher, MutualNearestNeighbor)
+                and self.matcher.config.ratio_threshold is None)
+
+    def _place_point_correspondences(self, query: LocalFeatures,
+                                     place: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list]:
+        """Mutual nearest neighbours between the query and the place's 3-D points (first observation of each)."""
+        targets = [self._target(name) for name in place]
+        rows = np.concatenate([t.point_rows for t in targets])
+        source = np.concatenate([np.full(len(t.point_rows), i) for i, t in enumerate(targets)])
+        keypoint = np.concatenate([t.keypoint_index for t in targets])
+        _, first = np.unique(rows, return_index=True)  # keyframes come best-retrieved first
+        descriptors = torch.cat([t.descriptors for t in targets])[torch.from_numpy(first)]
+        matches0, _ = self.matcher.match_descriptors(query.descriptors, descriptors)
+        q = np.flatnonzero(matches0 >= 0)
+        chosen = first[matches0[q]]
+        provenance = [(name, q[source[chosen] == i], keypoint[chosen[source[chosen] == i]])
+                      for i, name in enumerate(place)]
+        return q, rows[chosen], provenance
+
     def correspondences(self, query: LocalFeatures, place: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list]:
         """(query keypoint indices, 3-D point rows) without repeats, and per map image its (q, kp, corr) triples."""
+        if self._matches_place_points() and len(place) > 1:
+            return self._place_point_correspondences(query, place)
         pairs_q, pairs_p, provenance = [], [], []
         for name in place:
             target = self._target(name)
