@@ -90,7 +90,7 @@ def test_batch_mode_overlapping_stages_gives_the_single_query_poses(world, scene
     localizer = Localizer(scene, LocalizerConfig(num_retrieved=0))
     keyframes = world.missions["dusk"].keyframes[1:8:2]
     queries = [QueryImage(kf.name, kf.load_image, kf.camera) for kf in keyframes]
-    overlapped = localizer.localize_many(queries, progress=False)
+    overlapped = localizer.localize_many(queries, progress=False, overlap=True)
     sequential = localizer.localize_many(queries, progress=False, overlap=False)
     assert [r.name for r in overlapped] == [kf.name for kf in keyframes]
     for a, b in zip(overlapped, sequential):

@@ -139,6 +139,7 @@ class Localizer:
                  matcher: str | None = None, matcher_options: dict | None = None) -> None:
         self.scene = scene
         self.config = config = config or LocalizerConfig()
+        self.device = torch.device(device)
         self.extractor = make_extractor(scene.feature_config, device=device)
         self.matcher = make_matcher(matcher or scene.matcher_config, scene.feature_config, device=device,
                                     **(matcher_options or {}))
@@ -320,9 +321,15 @@ class Localizer:
         return result
 
     def localize_many(self, queries: Sequence[QueryImage], progress: bool = True,
-                      overlap: bool = True) -> list[LocalizationResult]:
+                      overlap: bool | None = None) -> list[LocalizationResult]:
         """Batch mode: results in order; with `overlap`, the next queries are decoded and described
-        (networks) in a worker thread while the current one is matched and posed."""
+        (networks) in a worker thread while the current one is matched and posed.
+
+        `overlap` defaults to True when the networks run on a GPU. On a CPU every stage is compute
+        bound and already uses all cores, so overlapping gained nothing on 2 cores (bench/localize.py).
+        """
+        if overlap is None:
+            overlap = self.device.type == "cuda"
 
         def decode_and_describe(query: QueryImage) -> tuple[np.ndarray, _Described]:
             t0 = time.perf_counter()
