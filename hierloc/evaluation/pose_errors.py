@@ -186,7 +186,9 @@ def plot_localization(path: str | os.PathLike, map_poses: Mapping[str, np.ndarra
                         label="localized queries (colour: error)")
         fig.colorbar(sc, ax=ax, label="translation error (m)")
     ax.scatter([], [], s=40, facecolors="none", edgecolors="black", label="true query positions")
-    ax.scatter([], [], s=70, marker="x", c="red", label="failed queries")
+    failures = sum(estimated.get(name) is None for name in ground_truth)
+    if failures:
+        ax.scatter([], [], s=70, marker="x", c="red", label=f"failed queries ({failures})")
     ax.set_aspect("equal", adjustable="datalim")
     ax.set_xlabel("first principal axis of the camera positions (m)")
     ax.set_ylabel("second principal axis (m)")
