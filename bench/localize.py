@@ -72,6 +72,14 @@ def method_setup(method: str, resize_max: int | None) -> tuple[str, dict, str]:
     return features, options, matcher
 
 
+def summarize_rows(rows: list[dict]) -> dict:
+    """Pose-error summary of per-query rows, with median stage timings and CPU time."""
+    stats = summarize_errors({r["query"]: (r["translation_m"], r["rotation_deg"]) for r in rows})
+    stats["median_timings_s"] = {st: statistics.median(r["timings_s"].get(st, 0.0) for r in rows) for st in STAGES}
+    stats["median_cpu_s"] = statistics.median(r["cpu_s"] for r in rows)
+    return stats
+
+
 def timed_load(keyframe) -> tuple[np.ndarray, float]:
     """A keyframe's image and the seconds its decoding took."""
     t0 = time.perf_counter()
@@ -139,10 +147,7 @@ def run_scene(scene_dir: Path, methods: list[str], args: argparse.Namespace, out
     summary = {}
     for method in methods:
         rows = results[method]
-        errors = {r["query"]: (r["translation_m"], r["rotation_deg"]) for r in rows}
-        stats = summarize_errors(errors)
-        stats["median_timings_s"] = {s: statistics.median(r["timings_s"].get(s, 0.0) for r in rows) for s in STAGES}
-        stats["median_cpu_s"] = statistics.median(r["cpu_s"] for r in rows)
+        stats = summarize_rows(rows)
         stats["median_map_build_s"] = statistics.median(r["map_build_s"] for r in rows)
         summary[method] = {"summary": stats, "queries": rows}
         estimated = {r["query"]: None if r["estimate_T_world_cam"] is None else np.array(r["estimate_T_world_cam"])
@@ -197,18 +202,16 @@ def run_synthetic(methods: list[str], args: argparse.Namespace, out: Path) -> di
             batch["overlapped" if overlap else "sequential"] = (time.perf_counter() - t0) / len(queries)
         errors = {r.name: pose_error(r.T_world_cam, truth[r.name]) if r.success else (float("inf"), float("inf"))
                   for r, _ in rows}
-        stats = summarize_errors(errors)
-        stats["median_timings_s"] = {st: statistics.median(r.timings.get(st, 0.0) for r, _ in rows) for st in STAGES}
-        stats["median_cpu_s"] = statistics.median(cpu for _, cpu in rows)
+        query_rows = [{"query": r.name, "success": r.success, "translation_m": errors[r.name][0],
+                       "rotation_deg": errors[r.name][1], "inliers": r.num_inliers, "timings_s": r.timings,
+                       "cpu_s": cpu} for r, cpu in rows]
+        stats = summarize_rows(query_rows)
         stats["median_map_build_s"] = build_seconds
         stats["batch_s_per_query"] = batch
         estimated = {r.name: r.T_world_cam for r, _ in rows}
         png = plot_localization(out / f"synthetic_{method}.png", map_truth, truth, estimated,
                                 f"synthetic world 640x480, {method}: {format_summary(stats)}")
-        summary[method] = {"summary": stats, "png": str(png),
-                           "queries": [{"query": r.name, "success": r.success, "translation_m": errors[r.name][0],
-                                        "rotation_deg": errors[r.name][1], "inliers": r.num_inliers,
-                                        "timings_s": r.timings, "cpu_s": cpu} for r, cpu in rows]}
+        summary[method] = {"summary": stats, "png": str(png), "queries": query_rows}
         print(f"synthetic {method:18s} {format_summary(stats)}; batch mode "
               f"{1000 * batch['sequential']:.0f} ms/query sequential, {1000 * batch['overlapped']:.0f} overlapped",
               flush=True)

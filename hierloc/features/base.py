@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import cv2
 import numpy as np
 
-from ..utils.images import to_grayscale
+from ..utils.images import as_uint8, to_grayscale
 from .types import LocalFeatures
 
 
@@ -20,18 +20,6 @@ class ExtractorConfig:
 
     max_keypoints: int = 4096
     resize_max: int | None = None  # longest image side fed to the detector; None keeps the full image
-
-
-def as_uint8(image: np.ndarray) -> np.ndarray:
-    """uint8 pixels from uint8, uint16 or float-in-[0, 1] images."""
-    image = np.asarray(image)
-    if image.dtype == np.uint8:
-        return image
-    if image.dtype == np.uint16:
-        return (image.astype(np.float32) * (255.0 / 65535.0) + 0.5).astype(np.uint8)
-    if np.issubdtype(image.dtype, np.floating):
-        return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    raise ValueError(f"unsupported image dtype {image.dtype}: use uint8, uint16 or float in [0, 1]")
 
 
 def check_image(image: np.ndarray) -> np.ndarray:

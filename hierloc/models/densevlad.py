@@ -43,7 +43,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ..utils.images import read_image
+from ..utils.images import as_uint8, read_image
 from ..utils.io import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -111,13 +111,7 @@ def to_gray_uint8(image: np.ndarray) -> np.ndarray:
             np.ascontiguousarray(image[:, :, :3]), cv2.COLOR_RGB2GRAY)
     if image.ndim != 2 or image.shape[0] == 0 or image.shape[1] == 0:
         raise ValueError(f"expected an HxW, HxWx1 or HxWx3 image, got shape {image.shape}")
-    if image.dtype == np.uint8:
-        return image
-    if image.dtype == np.uint16:
-        return (image.astype(np.float32) * (255.0 / 65535.0) + 0.5).astype(np.uint8)
-    if np.issubdtype(image.dtype, np.floating):
-        return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    raise ValueError(f"unsupported image dtype {image.dtype}: use uint8, uint16 or float in [0, 1]")
+    return as_uint8(image)
 
 
 def resize_for_sampling(gray: np.ndarray, config: DenseVLADConfig) -> np.ndarray:

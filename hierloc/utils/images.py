@@ -48,6 +48,18 @@ def to_grayscale(image: np.ndarray) -> np.ndarray:
     return gray.astype(image.dtype, copy=False)
 
 
+def as_uint8(image: np.ndarray) -> np.ndarray:
+    """uint8 pixels from uint8, uint16 or float-in-[0, 1] images."""
+    image = np.asarray(image)
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        return (image.astype(np.float32) * (255.0 / 65535.0) + 0.5).astype(np.uint8)
+    if np.issubdtype(image.dtype, np.floating):
+        return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    raise ValueError(f"unsupported image dtype {image.dtype}: use uint8, uint16 or float in [0, 1]")
+
+
 def list_images(inputs: Iterable[str | os.PathLike], recursive: bool = True) -> list[tuple[Path, str]]:
     """Expand files and folders to (path, name) pairs; names are relative to the given folder."""
     found: list[tuple[Path, str]] = []
