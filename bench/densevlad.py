@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import platform
 import time
@@ -25,7 +24,7 @@ from hierloc.datasets import read_nordland
 from hierloc.evaluation import GroundTruth, recall_at_n
 from hierloc.evaluation.retrieval import rank_references
 from hierloc.models.densevlad import DenseVLAD, DenseVLADConfig, local_descriptors
-from hierloc.utils.io import atomic_write_text
+from hierloc.utils.io import atomic_write_text, to_json_text
 from hierloc.utils.threads import configure_threads
 
 DEFAULT = DenseVLADConfig()
@@ -92,7 +91,7 @@ def main() -> None:
               f"fit {fit_s:6.1f} s  {ms_small:6.1f} ms/img (64x32)  SIFT 640x480 {ms_sift_640:6.0f} ms  "
               f"DenseVLAD 640x480 {ms_640:6.0f} ms", flush=True)
     if args.json:
-        atomic_write_text(args.json, json.dumps({
+        atomic_write_text(args.json, to_json_text({
             "benchmark": "densevlad", "places": len(summer), "step": args.step, "threads": threads,
             "machine": platform.platform(), "processor": platform.processor(), "results": rows}, indent=1) + "\n")
         print(f"results written to {args.json}")

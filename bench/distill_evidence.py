@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hierloc.utils.io import atomic_write_text
+from hierloc.utils.io import atomic_write_text, to_json_text
 from hierloc.utils.threads import configure_threads
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -308,7 +308,7 @@ def main() -> None:
     plot(results, png)
     print(f"\nrecall curves: {png}; experiments (TensorBoard, checkpoints, model.pt): {work / 'experiments'}")
     if args.json:
-        atomic_write_text(args.json, json.dumps(report, indent=2))
+        atomic_write_text(args.json, to_json_text(report, indent=2))
         print(f"results: {args.json}")
 
 

@@ -21,7 +21,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
-import json
 import logging
 import platform
 import sys
@@ -31,14 +30,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hierloc.extraction import GlobalExtractor, image_to_tensor
+from hierloc.describers import NetworkDescriber, Preprocessing
+from hierloc.extraction import image_to_tensor
 from hierloc.extraction.pipeline import resize_image
 from hierloc.index.build import build_index
 from hierloc.maps import load_map
 from hierloc.models import load_model
 from hierloc.models.aggregation.kmeans_init import initialize_vlad_clusters
 from hierloc.utils.images import read_image
-from hierloc.utils.io import atomic_write_text
+from hierloc.utils.io import atomic_write_text, to_json_text
 from hierloc.utils.threads import configure_threads
 
 DEFAULT_NORDLAND = Path(__file__).resolve().parents[2] / "shared" / "data" / "nordland"
@@ -67,7 +67,7 @@ def recall(descriptors: np.ndarray, names: list[str], missions: list[str], ns=(1
 
 def run_variant(map_, model, label: str, precision: str, batch_size: int, workers: int, resize, limit: int | None):
     """Build the index once with these settings; return timing, descriptors and the row order."""
-    extractor = GlobalExtractor(model, device="cpu", precision=precision)
+    extractor = NetworkDescriber(model, Preprocessing(resize=resize), device="cpu", precision=precision)
     selected = map_
     if limit is not None:  # the slow baseline runs on the first frames of each season only
         selected = map_.select(None, 1)
@@ -79,8 +79,7 @@ def run_variant(map_, model, label: str, precision: str, batch_size: int, worker
     for _ in range(2):
         extractor.run(warm)
     start = time.perf_counter()
-    index, report = build_index(selected, extractor, MODEL, batch_size=batch_size, io_workers=workers,
-                                resize=resize)
+    index, report = build_index(selected, extractor, batch_size=batch_size, io_workers=workers, model_name=MODEL)
     seconds = time.perf_counter() - start
     row = {"variant": label, "precision": precision, "batch_size": batch_size, "workers": workers,
            "images": len(index), "seconds": seconds, "images_per_second": len(index) / seconds,
@@ -153,7 +152,7 @@ def main() -> None:
               + (f" {change:+7.3f}" if change is not None else f" {'-':>7s}")
               + (f" {cosine:8.4f}" if cosine is not None else f" {'-':>8s}"))
     if args.json:
-        atomic_write_text(args.json, json.dumps(results, indent=2))
+        atomic_write_text(args.json, to_json_text(results, indent=2))
         print(f"results written to {args.json}")
     if args.save_descriptors:
         print(f"fp32 descriptors written to {args.save_descriptors}")

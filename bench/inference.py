@@ -7,7 +7,6 @@ optionally writes JSON (`--json out.json`). Usage: python bench/inference.py [--
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import platform
 import statistics
@@ -19,7 +18,7 @@ import torch
 
 from hierloc.extraction import GlobalExtractor
 from hierloc.models import load_model
-from hierloc.utils.io import atomic_write_text
+from hierloc.utils.io import atomic_write_text, to_json_text
 from hierloc.utils.threads import configure_threads
 
 
@@ -85,7 +84,7 @@ def main() -> None:
     print(f"\nmobilenetvlad fastest: {results['mobilenetvlad_fps']:.1f} img/s; speedup over fp32 eager netvlad: "
           f"{results['speedup']:.1f}x (over the fast netvlad: {results['speedup_vs_netvlad_fast']:.1f}x)")
     if args.json:
-        atomic_write_text(args.json, json.dumps(results, indent=2))
+        atomic_write_text(args.json, to_json_text(results, indent=2))
         print(f"results written to {args.json}")
 
 

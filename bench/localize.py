@@ -28,7 +28,6 @@ Usage: python bench/localize.py --json out.json          # every Strecha scene o
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -42,11 +41,11 @@ from hierloc.evaluation.pose_errors import (align_similarity, format_summary, pl
                                             summarize_errors)
 from hierloc.features import make_extractor, make_matcher
 from hierloc.localization import GlobalConfig, Localizer, LocalizerConfig, MapBuildConfig, MatchCache, build_scene_map
-from hierloc.localization.build import attach_global_index, describe_globally
-from hierloc.localization.retrieval import resize_max_side
+from hierloc.localization.build import attach_global_index
+from hierloc.localization.retrieval import describe_prepared_images, global_describer
 from hierloc.maps import load_map
 from hierloc.utils.images import read_image
-from hierloc.utils.io import atomic_write_text
+from hierloc.utils.io import atomic_write_text, to_json_text
 from hierloc.utils.threads import configure_threads
 
 # name -> (features, feature options, matcher)
@@ -92,7 +91,7 @@ def run_scene(scene_dir: Path, methods: list[str], args: argparse.Namespace, out
     scene_map = load_map(scene_dir)
     keyframes = list(scene_map.keyframes())
     truth = {kf.name: kf.pose for kf in keyframes}
-    small = {kf.name: resize_max_side(kf.load_image(), args.global_resize) for kf in keyframes}
+    images = {kf.name: kf.load_image() for kf in keyframes}
     caches = {}
     for method in methods:
         features, options, matcher = method_setup(method, args.resize_max)
@@ -103,8 +102,9 @@ def run_scene(scene_dir: Path, methods: list[str], args: argparse.Namespace, out
     for kf in keyframes:
         others = [k.name for k in keyframes if k.name != kf.name]
         t0 = time.perf_counter()
-        network, description, descriptors = describe_globally([small[n] for n in others], GlobalConfig(
-            resize_max=args.global_resize), progress=False)
+        describer = global_describer(GlobalConfig(), lambda: [images[n] for n in others])
+        descriptors = describe_prepared_images(describer, [describer.prepare(images[n]) for n in others],
+                                               progress=False)
         global_seconds = time.perf_counter() - t0
         query_image, decode_seconds = timed_load(kf)
         for method in methods:
@@ -116,7 +116,7 @@ def run_scene(scene_dir: Path, methods: list[str], args: argparse.Namespace, out
             scene, report = build_scene_map(scene_map, config, exclude=[kf.name], match_cache=caches[method],
                                             feature_cache=out / f"{scene_map.name}_{method}_features.h5",
                                             progress=False)
-            attach_global_index(scene, network, description, descriptors, others)
+            attach_global_index(scene, describer, descriptors, others)
             build_seconds = time.perf_counter() - t0
             localizer = Localizer(scene, LocalizerConfig(num_retrieved=args.num_retrieved))
             for _ in range(2):  # the second call traces the global network: steady state from the third
@@ -175,8 +175,7 @@ def run_synthetic(methods: list[str], args: argparse.Namespace, out: Path) -> di
     for method in methods:
         features, options, matcher = method_setup(method, args.resize_max)
         config = MapBuildConfig(features=features, feature_options=options, matcher=matcher, pairs="sequential",
-                                num_neighbors=args.num_neighbors, global_model=GlobalConfig(
-                                    resize_max=args.global_resize))
+                                num_neighbors=args.num_neighbors, global_model=GlobalConfig())
         t0 = time.perf_counter()
         scene, _ = build_scene_map(world.select(["day"]), config, progress=False)
         build_seconds = time.perf_counter() - t0
@@ -281,7 +280,7 @@ def main() -> None:
               f"{1000 * batch['overlapped']:.0f} ms with the next query's networks overlapping")
     print(f"machine load average {report['machine']['load_average_start']} -> {report['machine']['load_average_end']}")
     if args.json:
-        atomic_write_text(args.json, json.dumps(report, indent=2, default=float))
+        atomic_write_text(args.json, to_json_text(report, indent=2, default=float))
         print(f"JSON written to {args.json}")
     print(f"PNGs in {args.out}/")
 

@@ -12,7 +12,6 @@ Usage: python bench/localize_night.py [--data ../shared/data/sacre_coeur] [--met
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import time
@@ -26,7 +25,7 @@ from hierloc.localization import GlobalConfig, Localizer, LocalizerConfig, MapBu
 from hierloc.localization.visualize import localization_figure
 from hierloc.maps import load_map
 from hierloc.utils.images import read_image
-from hierloc.utils.io import atomic_path, atomic_write_text
+from hierloc.utils.io import atomic_path, atomic_write_text, to_json_text
 from hierloc.utils.threads import configure_threads
 
 METHODS = {
@@ -110,7 +109,7 @@ def main() -> None:
                   f"{dt / spread:.3f} camera spreads apart, {dr:.2f} deg")
     payload = {"load_average": os.getloadavg(), "results": rows, "agreement": agreement}
     if args.json:
-        atomic_write_text(args.json, json.dumps(payload, indent=2, default=float))
+        atomic_write_text(args.json, to_json_text(payload, indent=2, default=float))
         print(f"JSON written to {args.json}")
     print(f"maps and PNGs in {args.out}/")
 

@@ -33,7 +33,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse  # noqa: E402
 import gc
 import io
-import json
 import logging
 import math
 import pickle
@@ -52,7 +51,7 @@ from scipy.spatial import cKDTree
 from hierloc.index import PCA
 from hierloc.index.approximate import build_backend
 from hierloc.index.search import SearchBackend
-from hierloc.utils.io import atomic_write_text
+from hierloc.utils.io import atomic_write_text, to_json_text
 from hierloc.utils.threads import configure_threads
 
 logger = logging.getLogger("bench.search")
@@ -172,7 +171,7 @@ def nordland_descriptors(nordland: Path, batch_size: int, limit: int | None) -> 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from index_throughput import make_model  # the same model, with k-means VLAD centres
 
-    from hierloc.extraction import GlobalExtractor
+    from hierloc.describers import NetworkDescriber, Preprocessing
     from hierloc.index.build import build_index
     from hierloc.maps import load_map
 
@@ -182,8 +181,8 @@ def nordland_descriptors(nordland: Path, batch_size: int, limit: int | None) -> 
         for mission in map_.missions.values():
             mission.keyframes = mission.keyframes[:limit]
     model = make_model(nordland, (256, 128), 200)
-    index, _ = build_index(map_, GlobalExtractor(model, device="cpu"), "mobilenetvlad_imagenet",
-                           batch_size=batch_size, resize=(256, 128))
+    describer = NetworkDescriber(model, Preprocessing(resize=(256, 128)), device="cpu")
+    index, _ = build_index(map_, describer, batch_size=batch_size)
     CACHE.mkdir(parents=True, exist_ok=True)
     np.savez(cached, descriptors=index.descriptors, names=np.array(index.names), missions=np.array(index.missions))
     return index.descriptors, index.names, index.missions
@@ -506,7 +505,7 @@ def main() -> None:
     print_table(cells, args.target_recall)
     targets = check_targets(cells, args.target_recall)
     print(f"\ntargets at 1M x 512 (p50 <= 2 ms at recall@10 >= {args.target_recall}; IVF-PQ <= 128 B/keyframe): "
-          + (json.dumps(targets) if targets["evaluated"] else targets["why"]))
+          + (to_json_text(targets) if targets["evaluated"] else targets["why"]))
     if args.json:
         results = {"data": generator.description, "keyframes_per_place": args.keyframes_per_place, "k": K,
                    "queries": args.queries, "latency_queries": args.latency_queries, "threads": threads,
@@ -514,7 +513,7 @@ def main() -> None:
                    "faiss_simd": faiss.SIMDConfig.get_level_name(), "torch": torch.__version__,
                    "machine": platform.machine(), "processor": platform.processor(),
                    "command": " ".join(sys.argv), "cells": cells, "targets": targets}
-        atomic_write_text(args.json, json.dumps(results, indent=2))
+        atomic_write_text(args.json, to_json_text(results, indent=2))
         print(f"results written to {args.json}")
 
 

@@ -1,4 +1,4 @@
-"""Shared test set-up: few threads, quiet logs, paths to the optional shared data."""
+"""Shared test set-up: few threads, quiet logs, no downloads, paths to the optional shared data."""
 
 from __future__ import annotations
 
@@ -20,6 +20,15 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 def isolated_weights_cache(tmp_path_factory, monkeypatch):
     """Tests never see (or write) the user's weight cache."""
     monkeypatch.setenv("HIERLOC_WEIGHTS_DIR", str(tmp_path_factory.mktemp("weights")))
+
+
+@pytest.fixture(autouse=True)
+def no_weight_downloads(monkeypatch):
+    """No test downloads weights: missing named weights raise WeightsNotFoundError instead of reaching a network.
+
+    Tests that exercise downloads (against a local server) remove the variable themselves.
+    """
+    monkeypatch.setenv("HIERLOC_OFFLINE", "1")
 
 
 def shared_path(*parts: str) -> Path:

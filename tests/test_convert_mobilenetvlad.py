@@ -22,6 +22,7 @@ from hierloc.models import load_model, read_checkpoint
 from hierloc.models import weights as registry
 from hierloc.models.convert import ConversionError, TensorBundleReader, convert_tf_mobilenetvlad, write_tensor_bundle
 from hierloc.models.convert.common import CONVERTER_VERSION
+from hierloc.models.fetch import fetch_weights
 
 DEPTH = 0.35
 # TF-slim mobilenet_v2 V2_DEF: (expansion, output channels, stride) of the 17 expanded_conv blocks.
@@ -283,7 +284,7 @@ def test_cli_converts_into_the_weights_cache(released_checkpoint, capsys, monkey
 
 
 def test_registry_downloads_and_converts(released_checkpoint, monkeypatch, tmp_path):
-    """`resolve_weights(..., download=True)` fetches the original files and converts them (file:// URLs here)."""
+    """`fetch_weights` downloads the original files and converts them (file:// URLs here)."""
     folder = released_checkpoint[0]
     spec = registry.WEIGHTS["mobilenetvlad_depth-0.35"]
     assert spec.convert_from == "tf-mobilenetvlad"
@@ -295,9 +296,10 @@ def test_registry_downloads_and_converts(released_checkpoint, monkeypatch, tmp_p
     monkeypatch.setitem(registry.WEIGHTS, spec.name, registry.WeightSpec(
         spec.name, spec.filename, spec.file_format, convert_from=spec.convert_from, sources=local))
     monkeypatch.setenv("HIERLOC_WEIGHTS_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("HIERLOC_OFFLINE", raising=False)  # set for every test by conftest; these URLs are local files
     opened = []
     real_urlopen = urllib.request.urlopen
     monkeypatch.setattr(urllib.request, "urlopen", lambda url, **kw: opened.append(url) or real_urlopen(url, **kw))
-    path = registry.resolve_weights(spec.name, download=True)
+    path = fetch_weights(spec.name)
     assert path == tmp_path / "cache" / spec.filename and all(u.startswith("file://") for u in opened)
     assert read_checkpoint(path)["provenance"]["mapped"] == 267

@@ -84,11 +84,32 @@ def test_fitted_descriptors_are_unit_deterministic_and_batched(fitted):
 
 
 def test_pca_is_capped_by_the_number_of_fitting_images(caplog):
-    model = DenseVLAD.fit(_textures(4), DenseVLADConfig(num_clusters=8, pca_dim=50, grid_step=8), progress=False)
-    assert model.descriptor_dim == 3
-    assert "only 4 fitting images" in caplog.text
+    # 9 directions from 10 images: at least half of pca_dim 12, so the PCA is kept, capped to 9 components.
+    model = DenseVLAD.fit(_textures(10), DenseVLADConfig(num_clusters=8, pca_dim=12, grid_step=8), progress=False)
+    assert model.descriptor_dim == 9
+    assert "only 10 fitting images" in caplog.text
     raw = DenseVLAD.fit(_textures(4), DenseVLADConfig(num_clusters=8, pca_dim=None, grid_step=8), progress=False)
     assert raw.descriptor_dim == 8 * 128
+
+
+def test_a_small_fitting_set_keeps_the_raw_vlad(caplog):
+    """20 images span 19 directions: a 19-D PCA would throw away everything else, so the raw VLAD is kept."""
+    import logging
+
+    images = _textures(20)
+    with caplog.at_level(logging.INFO, logger="hierloc.models.densevlad"):
+        model = DenseVLAD.fit(images, DenseVLADConfig(), progress=False)
+    assert DenseVLADConfig().pca_dim == 4096 and model.descriptor_dim == 8192  # not 19
+    assert model.pca_matrix is None and model.info["pca"].startswith("skipped: 20 fitting images")
+    assert "keeping the raw 8192-D VLAD" in caplog.text
+    descriptors = model.describe_batch(images[:3])
+    np.testing.assert_allclose(descriptors, np.stack([model.raw_vlad(im) for im in images[:3]]), atol=1e-6)
+    assert not DenseVLADConfig().pca_fits(20) and DenseVLADConfig().pca_fits(2049)
+    assert DenseVLADConfig(min_pca_fraction=0.0).pca_fits(20)  # the old behaviour: PCA capped to n - 1
+    assert DenseVLAD(model.config, model.centroids).with_pca(np.stack([model.raw_vlad(im) for im in images])) \
+        .descriptor_dim == 8192  # with_pca follows the same rule
+    with pytest.raises(ValueError, match="min_pca_fraction"):
+        DenseVLADConfig(min_pca_fraction=2.0)
 
 
 def test_save_and_load_round_trip(fitted, tmp_path):

@@ -26,7 +26,7 @@ def world_folder(tmp_path_factory):
 def test_ray_local_builds_the_same_index_as_one_process(world_folder, tmp_path, capsys):
     root, broken = world_folder
     single, distributed = tmp_path / "single.h5", tmp_path / "ray.h5"
-    common = ["--weights", "none", "--batch-size", "4", "--store-poses", "--threads", "1"]
+    common = ["--model", "mobilenetvlad", "--weights", "none", "--batch-size", "4", "--store-poses", "--threads", "1"]
     assert main(["index", "build", str(root), "--out", str(single), "--workers", "0", *common]) == 0
     shards = tmp_path / "shards"
     assert main(["index", "build", str(root), "--out", str(distributed), "--ray", "local", "--ray-actors", "1",

@@ -13,7 +13,7 @@ import pytest
 
 from hierloc.cli.main import main as hierloc
 from hierloc.datasets import read_vprbench
-from hierloc.evaluation import EvaluationSettings, evaluate, extractor_method, precomputed_method, write_report
+from hierloc.evaluation import EvaluationSettings, describer_method, evaluate_methods, precomputed_method, write_report
 
 NUM_REFS, NUM_QUERIES = 12, 6
 
@@ -53,32 +53,32 @@ def _png_ok(path: Path) -> None:
 
 
 def test_pipeline_on_precomputed_descriptors_and_a_network(vprbench, tmp_path):
-    from hierloc.extraction import GlobalExtractor
+    from hierloc.describers import NETWORK_PREPROCESSING, NetworkDescriber
     from hierloc.models import build_model
 
     dataset = read_vprbench(vprbench)
     seen_sizes = []
 
     def small_network():
-        extractor = GlobalExtractor(build_model("mobilenetvlad", num_clusters=4, reduction_dim=None), device="cpu",
-                                    fast=False)
-        describe_batch = extractor.describe_batch
-        extractor.describe_batch = lambda images: (seen_sizes.extend(im.shape[:2] for im in images),
-                                                   describe_batch(images))[1]
-        return extractor
+        describer = NetworkDescriber(build_model("mobilenetvlad", num_clusters=4, reduction_dim=None),
+                                     NETWORK_PREPROCESSING.with_overrides(min_side=80), device="cpu", fast=False)
+        describe_prepared = describer.describe_prepared
+        describer.describe_prepared = lambda images: (seen_sizes.extend(im.shape[:2] for im in images),
+                                                      describe_prepared(images))[1]
+        return describer
 
-    methods = [precomputed_method(vprbench / "handmade.h5", "handmade"),
-               extractor_method("small", small_network, "small-mobilenetvlad", min_side=80)]
+    methods = [precomputed_method(vprbench / "handmade.h5", "handmade"), describer_method("small", small_network)]
     settings = EvaluationSettings(pca_dims=[None, 5, 100], max_n=8)
-    evaluation = evaluate(dataset, methods, settings, cache_dir=tmp_path / "cache")
+    evaluation = evaluate_methods(dataset, methods, settings, cache_dir=tmp_path / "cache")
     result = evaluation.result("handmade", None, "query")
     assert result.metrics.recall.tolist() == [1.0] * 8
     assert evaluation.runs[0].skipped_pca == [100]  # more than min(12 references, 12 dimensions)
     assert {r.pca_dims for r in evaluation.results} == {None, 5}
     assert evaluation.runs[1].descriptor_dim == 4 * 112
-    assert set(seen_sizes) == {(80, 107)}  # 72 x 96 images upscaled to a short side of 80
-    again = evaluate(dataset, methods, settings, cache_dir=tmp_path / "cache")
-    assert len(seen_sizes) == NUM_REFS + NUM_QUERIES  # the second run read the cache
+    assert set(seen_sizes) == {(80, 107)}  # 72 x 96 images upscaled to a short side of 80 by its preprocessing
+    assert evaluation.runs[1].describer.preprocessing.min_side == 80
+    again = evaluate_methods(dataset, methods, settings, cache_dir=tmp_path / "cache")
+    assert len(seen_sizes) == NUM_REFS + NUM_QUERIES  # the second run read the cache (same describer identity)
     np.testing.assert_array_equal(again.runs[1].reference, evaluation.runs[1].reference)
     written = write_report(evaluation, tmp_path / "out", top=3, examples=2)
     for path in written["plots"] + written["grids"]:
@@ -141,21 +141,46 @@ def test_evaluate_command_reports_user_errors_in_one_line(vprbench, capsys):
 
 
 def test_method_arguments_are_parsed_into_sources(vprbench, tmp_path):
-    import argparse
-
-    from hierloc.cli.evaluate import parse_methods
+    from hierloc.evaluation.methods import parse_methods
 
     def parse(*methods, weights=None):
-        args = argparse.Namespace(method=list(methods), weights=weights, min_side=None, device="cpu",
-                                  precision="fp32", threads=None)
-        return [(m.label, m.kind) for m in parse_methods(args)]
+        return [(m.label, m.kind) for m in parse_methods(methods, weights, device="cpu", precision="fp32")]
 
-    h5 = str(vprbench / "handmade.h5")
+    h5 = str(vprbench / "handmade.h5")  # an HDF5 file that is not an index: precomputed descriptors
     assert parse("densevlad", "mobilenetvlad_imagenet", "mobilenetvlad=none", h5) == [
         ("densevlad", "densevlad"), ("mobilenetvlad_imagenet (k-means init)", "kmeans"),
-        ("mobilenetvlad (untrained)", "extractor"), ("handmade", "precomputed")]
-    assert parse("mobilenetvlad", weights="none") == [("mobilenetvlad (untrained)", "extractor")]
+        ("mobilenetvlad (untrained)", "network"), ("handmade", "precomputed")]
+    assert parse("mobilenetvlad", weights="none") == [("mobilenetvlad (untrained)", "network")]
+    assert parse("mobilenetvlad_imagenet", weights="none") == [("mobilenetvlad_imagenet (untrained)", "network")]
     with pytest.raises(ValueError, match="exactly one network"):
         parse("mobilenetvlad", "netvlad", weights="none")
     with pytest.raises(FileNotFoundError, match="no such DenseVLAD vocabulary"):
         parse(f"densevlad={tmp_path / 'missing.npz'}")
+
+
+def test_cache_key_is_the_describers_identity(vprbench):
+    """Other preprocessing or other weights never reuse cached descriptors; the same describer does."""
+    import torch
+
+    from hierloc.describers import NETWORK_PREPROCESSING, NetworkDescriber
+    from hierloc.evaluation.methods import parse_method
+    from hierloc.models import build_model
+
+    def method(min_side: int, perturb: bool = False):
+        def make():
+            model = build_model("mobilenetvlad", num_clusters=4, reduction_dim=None)
+            if perturb:
+                with torch.no_grad():
+                    next(model.parameters()).add_(1e-3)
+            return NetworkDescriber(model, NETWORK_PREPROCESSING.with_overrides(min_side=min_side), device="cpu",
+                                    fast=False)
+        return describer_method("small", make)
+
+    reference = read_vprbench(vprbench).reference
+    key = method(80).cache_key(reference)
+    assert method(80).cache_key(reference) == key
+    assert method(96).cache_key(reference) != key and method(80, perturb=True).cache_key(reference) != key
+    # --min-side is the network's preprocessing; 0 leaves images as they are.
+    untrained = parse_method("mobilenetvlad=none", min_side=0, device="cpu").base_describer()
+    assert untrained.preprocessing.min_side is None and untrained.preprocessing.resize_max is not None
+    assert parse_method("mobilenetvlad=none", min_side=200, device="cpu").base_describer().preprocessing.min_side == 200

@@ -81,7 +81,7 @@ def test_concurrent_single_image_calls_equal_serial_ones(extractor):
 
 def test_extract_command(image_folder, tmp_path, capsys):
     out = tmp_path / "cli.h5"
-    assert main(["extract", str(image_folder), "--out", str(out), "--weights", "none", "--threads", "2"]) == 0
+    assert main(["extract", str(image_folder), "--out", str(out), "--model", "mobilenetvlad", "--weights", "none", "--threads", "2"]) == 0
     assert str(out) in capsys.readouterr().out
     names, descriptors = read_global_descriptors(out)
     assert len(names) == 5 and descriptors.shape == (5, 4096)
@@ -95,7 +95,7 @@ def test_extract_command_reports_missing_input(tmp_path, capsys):
 def test_extract_seed_images(tmp_path):
     seed = shared_path("seed", "images")
     out = tmp_path / "seed.h5"
-    assert main(["extract", "--model", "mobilenetvlad", str(seed), "--out", str(out)]) == 0
+    assert main(["extract", "--model", "mobilenetvlad", "--weights", "none", str(seed), "--out", str(out)]) == 0
     names, descriptors = read_global_descriptors(out)
     assert len(names) == 4 and descriptors.shape == (4, 4096)
     np.testing.assert_allclose(np.linalg.norm(descriptors, axis=1), 1.0, rtol=1e-5)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 
 import numpy as np
 import pytest
 
 from hierloc.cli.main import main
-from hierloc.localization import read_hloc_poses
+from hierloc.localization import LocalizerConfig, read_hloc_poses
 from hierloc.maps import make_synthetic_map, write_synthetic_dataset
 from hierloc.maps.poses import invert_pose
+from hierloc.pipelines.localizing import LocalizeConfig, LocalizeStart, localize_queries
 
 
 @pytest.fixture(scope="module")
@@ -22,12 +25,22 @@ def datasets(tmp_path_factory):
     return root, world
 
 
-def test_map_build_then_localize_with_ground_truth(datasets, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def built_map(datasets, tmp_path_factory):
+    """(map folder, what `hierloc map build` printed): built once for the tests of this file."""
+    root, _ = datasets
+    map_dir = tmp_path_factory.mktemp("built") / "map"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["map", "build", str(root / "mapping"), "--out", str(map_dir), "--global-model", "none",
+                     "--pairs", "sequential", "--num-neighbors", "3", "--threads", "2"])
+    assert code == 0
+    return map_dir, printed.getvalue()
+
+
+def test_map_build_then_localize_with_ground_truth(datasets, built_map, tmp_path, capsys):
     root, world = datasets
-    map_dir = tmp_path / "map"
-    assert main(["map", "build", str(root / "mapping"), "--out", str(map_dir), "--global-model", "none",
-                 "--pairs", "sequential", "--num-neighbors", "3", "--threads", "2"]) == 0
-    built = capsys.readouterr().out
+    map_dir, built = built_map
     assert "3-D map: 20 images" in built and f"map written to {map_dir}" in built
     assert (map_dir / "map.json").is_file() and (map_dir / "sfm" / "points3D.bin").is_file()
     assert (map_dir / "pairs.txt").read_text().count("\n") > 20
@@ -52,6 +65,42 @@ def test_map_build_then_localize_with_ground_truth(datasets, tmp_path, capsys):
 
     assert main(["map", "info", str(map_dir)]) == 0
     assert "20 images" in capsys.readouterr().out
+
+
+def test_localize_queries_returns_results_errors_and_written_files(datasets, built_map, tmp_path):
+    root, world = datasets
+    map_dir, _ = built_map
+    frames = (4, 8, 12, 16)
+    files = [str(root / "queries" / "dusk" / f"{i:06d}.png") for i in frames]
+    config = LocalizeConfig(map_dir, files, tmp_path / "out", camera="map", ground_truth=str(root / "queries"),
+                            localizer=LocalizerConfig(num_retrieved=0), matches_png=1, threads=2, progress=False)
+    started = []
+    run = localize_queries(config, on_start=started.append)
+    assert started == [LocalizeStart(run.map_summary, run.load_seconds, len(frames))]
+    assert run.map_summary.startswith("3-D map: 20 images")
+    names = [f"{i:06d}.png" for i in frames]
+    assert [r.name for r in run.results] == names
+    assert run.num_localized >= 3 and {"total", "pose"} <= set(run.timings)
+    assert run.median_seconds == pytest.approx(np.median([r.timings["total"] for r in run.results]))
+
+    evaluation = run.evaluation
+    assert evaluation is not None and list(evaluation.errors) == names and evaluation.without_truth == []
+    assert evaluation.summary["recall"]["0.25m_2deg"] >= 60.0
+    # Triangulated from the mapping poses, the map is in the ground truth's frame already: no alignment.
+    assert evaluation.alignment is None and len(evaluation.map_poses) == 20
+    dusk = {kf.name.split("/")[-1]: kf.pose for kf in world.missions["dusk"]}
+    for name, T in evaluation.estimated.items():
+        if T is not None:
+            assert np.linalg.norm(T[:3, 3] - dusk[name][:3, 3]) < 0.25
+
+    out = tmp_path / "out"
+    assert (run.out, run.poses_file, run.results_file) == (out, out / "poses.txt", out / "results.json")
+    assert run.localization_png == out / "localization.png" and run.localization_png.is_file()
+    assert run.matches_pngs == [out / "matches_000.png"] and run.matches_pngs[0].is_file()
+    assert len(read_hloc_poses(run.poses_file)) == run.num_localized
+    report = json.loads(run.results_file.read_text())
+    assert report["num_queries"] == len(frames) and report["evaluation"] == json.loads(json.dumps(
+        evaluation.to_json()))
 
 
 def test_map_build_from_a_colmap_model_triangulates_with_its_poses(datasets, tmp_path, capsys):

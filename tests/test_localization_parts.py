@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 
+import h5py
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
@@ -122,15 +124,18 @@ def test_similarity_alignment_recovers_scale_rotation_and_translation(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_retrieval_picks_the_place_and_the_adapted_network_travels_with_the_map(tmp_path):
+@pytest.mark.parametrize("search", ["flat", "hnsw"])
+def test_retrieval_picks_the_place_and_the_adapted_network_travels_with_the_map(tmp_path, search):
     world = make_synthetic_map(num_missions=2, frames_per_mission=10, image_size=(320, 240), seed=3)
     config = MapBuildConfig(features="sift", pairs="sequential", num_neighbors=2,
-                            global_model=GlobalConfig(model="mobilenetvlad_imagenet", resize_max=160))
+                            global_model=GlobalConfig(model="mobilenetvlad_imagenet", search=search))
     scene, _ = build_scene_map(world.select(["day"]), config, progress=False)
     assert scene.global_index is not None and len(scene.global_index) == len(scene)
-    assert scene.global_network is not None  # k-means initialised on this map: saved with it
+    assert scene.global_describer.weights_name is None  # k-means initialised on this map: saved with it
     scene.save(tmp_path / "map")
-    assert (tmp_path / "map" / "global_model.pth").is_file()
+    record = json.loads(h5py.File(tmp_path / "map" / "global_index.h5", "r").attrs["metadata_json"])["describer"]
+    assert (tmp_path / "map" / record["weights_file"]).is_file()
+    assert Localizer.load(tmp_path / "map")._retriever.backend.name == search  # the stored search structure serves
     localizer = Localizer.load(tmp_path / "map", LocalizerConfig(num_retrieved=3, trace_global_network=False))
     query = world.missions["dusk"].keyframes[2]
     result = localizer.localize(query.load_image(), query.camera, "q")

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
-import logging
 
 import numpy as np
 import pytest
 import torch
 
 from hierloc.extraction import GlobalExtractor, image_to_tensor
-from hierloc.models import (CheckpointError, build_model, load_model, read_checkpoint, save_checkpoint)
+from hierloc.models import (CheckpointError, WeightsNotFoundError, build_model, load_model, read_checkpoint,
+                            save_checkpoint)
 from hierloc.models.aggregation import initialize_vlad_clusters
 
 
@@ -110,11 +110,11 @@ def test_checkpoint_errors_name_the_file(tmp_path):
         load_model("netvlad", weights=netvlad_ckpt)
 
 
-def test_auto_weights_fall_back_with_a_warning(caplog):
-    with caplog.at_level(logging.WARNING):
-        model = load_model("mobilenetvlad", weights="auto")
-    assert "not found" in caplog.text and "--weights" in caplog.text
-    assert model.descriptor_dim == 4096
+def test_auto_weights_never_fall_back_to_the_untrained_network():
+    # conftest sets HIERLOC_OFFLINE=1: the missing default weights are an error naming the command that fetches them.
+    with pytest.raises(WeightsNotFoundError, match="not found.*`hierloc models download mobilenetvlad_depth-0.35`"):
+        load_model("mobilenetvlad", weights="auto")
+    assert load_model("mobilenetvlad", weights=None).descriptor_dim == 4096  # the untrained network, when asked
 
 
 def test_kmeans_initialisation_sets_clusters_from_features():

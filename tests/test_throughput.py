@@ -83,12 +83,14 @@ def test_build_index_with_workers_equals_without(extractor, image_files, tmp_pat
     for p in image_files:
         (root / "m1" / p.name).write_bytes(p.read_bytes())
     map_ = load_map(root, kind="folder")
-    plain, report = build_index(map_, extractor, "mobilenetvlad", batch_size=1, io_workers=0)
-    fast, fast_report = build_index(map_, extractor, "mobilenetvlad", batch_size=8, io_workers=2,
-                                    resize=(64, 48))
+    from hierloc.describers import NetworkDescriber, Preprocessing
+
+    plain, report = build_index(map_, NetworkDescriber(extractor.model, Preprocessing()), batch_size=1, io_workers=0)
+    fast, fast_report = build_index(map_, NetworkDescriber(extractor.model, Preprocessing(resize=(64, 48))),
+                                    batch_size=8, io_workers=2)
     assert report.indexed == fast_report.indexed == {"m1": 10}
     assert [name for name, _ in report.skipped] == [name for name, _ in fast_report.skipped] == ["m1/05.png"]
-    assert plain.keyframe_ids == fast.keyframe_ids and fast.metadata["image_resize"] == [64, 48]
+    assert plain.keyframe_ids == fast.keyframe_ids and plain.model_name == "mobilenetvlad"
     # Same pixels for the 64x48 frames (no resize needed), so the same descriptors.
     same = [i for i, name in enumerate(plain.names) if int(name[-6:-4]) % 4]
     np.testing.assert_allclose(fast.descriptors[same], plain.descriptors[same], atol=2e-5)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .validators import non_negative_float, non_negative_int, positive_float, positive_int
+
 
 def register(subparsers) -> None:
     """Add the `download-landmarks` subcommand."""
@@ -13,13 +15,14 @@ def register(subparsers) -> None:
                     "a temporary file. Failed URLs are listed in OUT_DIR/failures.csv, counts in summary.json.")
     p.add_argument("index", help="CSV index with a header naming the columns id and url")
     p.add_argument("out", help="output folder (OUT/<id>.jpg)")
-    p.add_argument("--workers", type=int, default=8, help="parallel downloads (default 8)")
-    p.add_argument("--max-size", type=int, default=640,
+    p.add_argument("--workers", type=positive_int, default=8, help="parallel downloads (default 8)")
+    p.add_argument("--max-size", type=non_negative_int, default=640,
                    help="shrink images so that the longer side is at most this (0: keep; default 640)")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")
-    p.add_argument("--retries", type=int, default=3, help="retries of transient failures (default 3)")
-    p.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds, doubled each time")
-    p.add_argument("--truncate", type=int, default=None, help="only the first N rows of the index")
+    p.add_argument("--timeout", type=positive_float, default=10.0, help="seconds per request (default 10)")
+    p.add_argument("--retries", type=non_negative_int, default=3, help="retries of transient failures (default 3)")
+    p.add_argument("--backoff", type=non_negative_float, default=1.0,
+                   help="first retry delay in seconds, doubled each time")
+    p.add_argument("--truncate", type=positive_int, default=None, help="only the first N rows of the index")
     p.set_defaults(func=run)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_model_arguments, make_extractor
+from .common import add_describer_arguments, describer_choice
+from .validators import positive_int
 
 
 def register(subparsers) -> None:
@@ -28,13 +29,13 @@ def register(subparsers) -> None:
     p.add_argument("--data-root", default=None, help="data root ($HIERLOC_DATA_PATH, default: current folder)")
     p.add_argument("--exper-root", default=None, help="experiments root ($HIERLOC_EXPER_PATH, default: ./experiments)")
     p.add_argument("--h5", default=None, help="h5 file (default: OUT/descriptors.h5)")
-    p.add_argument("--resize", type=int, nargs=2, default=None, metavar=("HEIGHT", "WIDTH"),
+    p.add_argument("--resize", type=positive_int, nargs=2, default=None, metavar=("HEIGHT", "WIDTH"),
                    help="resize every image first (the original: 480 640); default: the config's, else none")
     p.add_argument("--no-resize", action="store_true", help="keep the original image sizes")
     p.add_argument("--grayscale", action=argparse.BooleanOptionalAction, default=None,
                    help="convert to grayscale first (default: the config's, else no)")
-    add_model_arguments(p, default_model=None)
-    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    add_describer_arguments(p)
+    p.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass")
     p.add_argument("--overwrite", action="store_true", help="recompute descriptors that exist")
     p.add_argument("--skip-unreadable", action="store_true", help="warn and skip unreadable images")
     p.set_defaults(func=run)
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     inputs = list(args.inputs) or [str(resolve_data_path(f, args.data_root)) for f in data.get("image_folders", [])]
     if not inputs:
         raise ValueError("no images given: pass image folders or a --config with data.image_folders")
-    if args.model is None:
+    if args.model in (None, "auto") and (config.get("model") or {}).get("name"):
         args.model = (config.get("model") or {}).get("name")
         if args.model is None:
             raise ValueError("no model given: pass --model (or a --config naming model.name)")
@@ -83,11 +84,11 @@ def run(args: argparse.Namespace) -> int:
             experiments_root(args.exper_root) / "exports" / args.name
     else:
         raise ValueError("give --out DIR, or --name NAME (with --as-dataset to write it as training data)")
-    describer = make_extractor(args)
+    describer = describer_choice(args).build()
     summary = export_descriptors(describer, inputs, out, preprocessing=preprocessing,
                                  batch_size=args.batch_size if args.batch_size else config.get("batch_size", 8),
                                  overwrite=args.overwrite, skip_unreadable=args.skip_unreadable, h5_path=args.h5,
-                                 model_label=getattr(args, "model_file", None) or args.model)
+                                 model_label=args.model)
     print(f"{summary['written']} descriptors written ({summary['descriptor_dim']}-D, {args.model}), "
           f"{summary['skipped_existing']} already present, {len(summary['unreadable'])} unreadable skipped")
     print(f"descriptors in {out}/ (one .npy per image) and {summary['h5']} ({summary['h5_entries']} images)")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from ..utils.threads import configure_threads
 from .common import add_threads_argument
+from .validators import positive_int
 
 
 def register(subparsers) -> None:
@@ -22,9 +22,10 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--name", default=None, help="file name stem (default: the model name)")
     p.add_argument("--formats", nargs="+", default=["torchscript", "onnx"], choices=["torchscript", "onnx"])
-    p.add_argument("--height", type=int, default=480, help="example image height used for tracing (default 480)")
-    p.add_argument("--width", type=int, default=640, help="example image width used for tracing (default 640)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--height", type=positive_int, default=480,
+                   help="example image height used for tracing (default 480)")
+    p.add_argument("--width", type=positive_int, default=640, help="example image width used for tracing (default 640)")
+    p.add_argument("--opset", type=positive_int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--onnx-exporter", default="torchscript", choices=["torchscript", "dynamo"],
                    help="torch.onnx exporter (torchscript: seconds; dynamo: minutes)")
     p.add_argument("--no-parity-check", action="store_true", help="skip the comparison with the eager model")
@@ -57,7 +58,7 @@ def load_source_model(source: str, weights: str = "auto"):
 def run(args: argparse.Namespace) -> int:
     """Export, check parity, print the differences and where the files went."""
     from ..export import PARITY_TOLERANCE, check_parity, export_onnx, export_torchscript
-    from ..utils.io import atomic_write_text
+    from ..utils.io import atomic_write_text, to_json_text
 
     configure_threads(args.threads)
     model = load_source_model(args.source, args.weights)
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
                   f"({sizes_text}) {'OK' if result['ok'] else f'ABOVE {PARITY_TOLERANCE:g}'}")
             if not result["ok"]:
                 failed.append(fmt)
-    atomic_write_text(out / f"{stem}.export.json", json.dumps(report, indent=2))
+    atomic_write_text(out / f"{stem}.export.json", to_json_text(report, indent=2))
     for fmt, path in files.items():
         print(f"{fmt}: {path}")
     print(f"report: {out / f'{stem}.export.json'}; input `image` float32 [B, {model.input_channels}, H, W] "

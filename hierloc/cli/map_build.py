@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from pathlib import Path
 
 from .common import add_threads_argument
+from .validators import field_of_view, positive_int
 
 
 def register(subparsers) -> None:
@@ -32,24 +31,33 @@ def register(subparsers) -> None:
     b.add_argument("--image-dir", default=None, help="images of a COLMAP model")
     b.add_argument("--image-topic", default=None, help="image topic of a ROS bag")
     b.add_argument("--pose-topic", default=None, help="pose or odometry topic of a ROS bag")
+    b.add_argument("--mission", action="append", default=None, dest="missions",
+                   help="only this mission of the source (repeatable; default: all)")
     b.add_argument("--exclude", action="append", default=[], metavar="NAME",
                    help="leave this image out (name or file name; repeatable), e.g. for leave-one-out tests")
     b.add_argument("--features", default="sift", choices=sorted(FEATURE_CONFS), help="local features (default sift)")
-    b.add_argument("--max-keypoints", type=int, default=None, help="keypoint cap per image (default 4096)")
-    b.add_argument("--resize-max", type=int, default=None, help="longest image side for local features (default: full)")
+    b.add_argument("--max-keypoints", type=positive_int, default=None, help="keypoint cap per image (default 4096)")
+    b.add_argument("--resize-max", type=positive_int, default=None,
+                   help="longest image side for local features (default: full)")
     b.add_argument("--matcher", default="auto", choices=MATCHER_NAMES,
                    help="auto: ratio test for SIFT, mutual NN for XFeat, LightGlue for ALIKED/DISK")
     b.add_argument("--mode", default="auto", choices=BUILD_MODES,
                    help="triangulation from known poses, or SfM (auto: triangulation when every image has a pose)")
     b.add_argument("--pairs", default="auto", choices=PAIR_STRATEGIES,
                    help="image pairs to match (auto: exhaustive up to 40 images, else from poses or retrieval)")
-    b.add_argument("--num-neighbors", type=int, default=10, help="neighbours per image for pairs (default 10)")
-    b.add_argument("--global-model", default="auto",
-                   help="retrieval network: auto (trained MobileNetVLAD if installed, else ImageNet MobileNetV2 + "
-                        "NetVLAD k-means-initialised on the map), a model name, or none")
+    b.add_argument("--num-neighbors", type=positive_int, default=10, help="neighbours per image for pairs (default 10)")
+    b.add_argument("--global-model", default="auto", type=_global_model_argument,
+                   help="retrieval describer: auto (trained MobileNetVLAD if installed, else ImageNet MobileNetV2 + "
+                        "NetVLAD k-means-initialised on the map), any --model spelling of `hierloc index build` "
+                        "(NAME, NAME=WEIGHTS, a checkpoint, .onnx/.pt, densevlad=VOCAB.npz), or none")
     b.add_argument("--global-weights", default="auto", help="weights of --global-model (path or registry name)")
-    b.add_argument("--global-resize", type=int, default=640, help="longest side of images for retrieval (640)")
-    b.add_argument("--default-fov", type=float, default=None,
+    b.add_argument("--global-index", default=None,
+                   help="reuse an existing index: its describer, and its descriptors of the map's images (by name)")
+    b.add_argument("--index", default="auto", choices=["auto", "flat", "hnsw", "ivfpq"], dest="search",
+                   help="search structure of the map's global index (auto: flat below 50k images, HNSW above)")
+    b.add_argument("--pca-dims", type=positive_int, default=None,
+                   help="search the map's global index after PCA to this size")
+    b.add_argument("--default-fov", type=field_of_view, default=None,
                    help="SfM: horizontal field of view (deg) of images without calibration or EXIF")
     b.add_argument("--feature-cache", default=None, help="hloc-layout features file reused between builds")
     b.add_argument("--match-cache", default=None, help="hloc-layout matches file reused between builds")
@@ -70,53 +78,49 @@ def _feature_options(args: argparse.Namespace) -> dict:
     return {k: v for k, v in (("max_keypoints", args.max_keypoints), ("resize_max", args.resize_max)) if v is not None}
 
 
+def _global_model_argument(value: str) -> str:
+    from .common import describer_argument
+
+    return value if value.lower() == "none" else describer_argument(value)
+
+
 def run_build(args: argparse.Namespace) -> int:
     """Build the map and print where it went."""
-    from ..localization import GlobalConfig, MapBuildConfig, MatchCache, build_scene_map, write_build_outputs
-    from ..localization.build import import_colmap_model
-    from ..utils.threads import configure_threads
-    from .index import load_map_from_args
+    from ..localization import GlobalConfig, MapBuildConfig
+    from ..pipelines.mapping import MapJobConfig, build_map
+    from .index import map_source
 
-    configure_threads(args.threads)
-    start = time.perf_counter()
-    global_config = GlobalConfig(args.global_model, args.global_weights, args.global_resize)
-    if args.colmap_features:
-        if args.exclude:
-            raise ValueError("--exclude cannot be combined with --colmap-features (the model's points are kept)")
-        scene, report = import_colmap_model(args.source, args.colmap_features, args.features, args.matcher,
-                                            feature_options=_feature_options(args), image_dir=args.image_dir,
-                                            global_config=global_config, device=args.device)
-    else:
-        map_ = load_map_from_args(args)
-        config = MapBuildConfig(features=args.features, feature_options=_feature_options(args), matcher=args.matcher,
-                                pairs=args.pairs, num_neighbors=args.num_neighbors, mode=args.mode,
-                                global_model=global_config, default_fov_deg=args.default_fov, device=args.device)
-        match_cache = None
-        if args.match_cache:
-            from ..features import make_extractor, make_matcher
-
-            features = make_extractor(args.features, device=args.device, **_feature_options(args)).describe_config()
-            match_cache = MatchCache.open(args.match_cache, features, make_matcher(args.matcher, features)
-                                          .describe_config())
-        scene, report = build_scene_map(map_, config, exclude=args.exclude, feature_cache=args.feature_cache,
-                                        match_cache=match_cache)
-    out = write_build_outputs(scene, report, args.out)
-    print(scene.summary())
+    global_config = GlobalConfig(args.global_model, args.global_weights, args.search, pca_dims=args.pca_dims,
+                                 index=args.global_index)
+    build = MapBuildConfig(features=args.features, feature_options=_feature_options(args), matcher=args.matcher,
+                           pairs=args.pairs, num_neighbors=args.num_neighbors, mode=args.mode,
+                           global_model=global_config, default_fov_deg=args.default_fov, device=args.device)
+    args.subsampling = 1
+    result = build_map(MapJobConfig(map_source(args), Path(args.out), build, args.exclude, args.feature_cache,
+                                    args.match_cache, args.colmap_features, args.threads))
+    report = result.report
+    print(result.summary)
+    # Said on stdout as well as logged: a map missing most of its images must not look like a success.
+    unregistered = report.get("unregistered") or []
+    print(f"{report['registered']} of {report['images']} images registered ({report['mode']})"
+          + (f"; not in the map: {', '.join(unregistered[:5])}{', ...' if len(unregistered) > 5 else ''}"
+             if unregistered else ""))
     if report["timings"]:
         print("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in report["timings"].items()))
-    print(f"map written to {out}/ (map.json, sfm/ COLMAP model, features.h5"
-          f"{', global_index.h5' if scene.global_index is not None else ''}"
-          f"{', pairs.txt' if report['pair_list'] else ''}) in {time.perf_counter() - start:.1f} s")
+    print(f"map written to {result.out}/ (map.json, sfm/ COLMAP model, features.h5"
+          f"{', global_index.h5 and its describer' if result.has_global_index else ''}"
+          f"{', pairs.txt' if report['pair_list'] else ''}) in {result.seconds:.1f} s")
     return 0
 
 
 def run_info(args: argparse.Namespace) -> int:
     """Print a map's summary."""
     from ..localization import SceneMap
+    from ..utils.io import to_json_text
 
     scene = SceneMap.load(args.map)
     if args.json:
-        print(json.dumps({"images": len(scene), "points": scene.num_points, "features": scene.feature_config,
+        print(to_json_text({"images": len(scene), "points": scene.num_points, "features": scene.feature_config,
                           "matcher": scene.matcher_config, "global_model": scene.global_model,
                           "metadata": scene.metadata}, indent=2, default=str))
     else:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+from pathlib import Path
 
-from ..utils.io import atomic_write_text
-from .common import add_retrieval_arguments, open_index_and_extractor
+from ..utils.io import atomic_write_text, to_json_text
+from .common import add_retrieval_arguments, describer_choice
 
 
 def register(subparsers) -> None:
@@ -20,35 +20,19 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def retrieval_to_dict(hit) -> dict:
-    """A Retrieval as plain JSON types."""
-    out = {"rank": hit.rank, "keyframe_id": hit.keyframe_id, "mission": hit.mission, "name": hit.name,
-           "distance": float(hit.distance)}
-    if hit.position is not None:
-        out["position"] = [float(v) for v in hit.position]
-        out["rotation"] = [[float(v) for v in row] for row in hit.rotation]
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
-    """Describe each query image, search, print a table (and JSON when asked)."""
-    from ..utils.images import list_images, read_image
+    """Describe each query image with the index's describer, search, print a table (and JSON when asked)."""
+    from ..pipelines.indexing import QueryConfig, query_index
 
-    index, retriever, extractor = open_index_and_extractor(args)
-    results = []
-    for path, name in list_images(args.images):
-        descriptor = extractor.describe(read_image(path))
-        hits = retriever.retrieve(descriptor, k=args.k, max_distance=args.max_distance)[0]
-        results.append({"query": name, "path": str(path), "results": [retrieval_to_dict(h) for h in hits]})
+    result = query_index(QueryConfig(Path(args.index), args.images, args.k, args.max_distance, args.pca_dims,
+                                     describer_choice(args)))
     if args.json != "-":
-        for result in results:
-            print(f"query {result['query']}: {len(result['results'])} keyframes")
+        for query in result.queries:
+            print(f"query {query['query']}: {len(query['results'])} keyframes")
             print(f"  {'rank':>4s}  {'distance':>8s}  {'mission':16s} name")
-            for hit in result["results"]:
-                print(f"  {hit['rank']:4d}  {hit['distance']:8.4f}  {hit['mission'][:16]:16s} {hit['name']}")
-    payload = json.dumps({"index": str(args.index), "model": args.model, "k": args.k,
-                          "max_distance": args.max_distance, "pca_dims": args.pca_dims, "queries": results},
-                         indent=2, allow_nan=True)
+            for hit in query["results"]:
+                print(f"  {hit.rank:4d}  {hit.distance:8.4f}  {hit.mission[:16]:16s} {hit.name}")
+    payload = to_json_text(result.to_json(), indent=2)
     if args.json == "-":
         sys.stdout.write(payload + "\n")
     elif args.json:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from ..utils.threads import configure_threads
 from .common import add_threads_argument
@@ -77,5 +76,7 @@ def run(args: argparse.Namespace) -> int:
           f"(newest {result.get('checkpoint')}), config.yaml, log.txt, training_summary.json, TensorBoard events "
           f"(tensorboard --logdir {args.experiment})")
     if args.verbose:
-        print(json.dumps(result, indent=2))
+        from ..utils.io import to_json_text
+
+        print(to_json_text(result, indent=2))
     return 0

@@ -9,6 +9,8 @@ from typing import Any
 
 from .base import GroundTruthRule, ImageSet, ImageTransform, RetrievalDataset, list_image_names, natural_key
 from .folders import read_folders
+from .ground_truth import (GroundTruth, ground_truth_from_names, ground_truth_from_planar_poses,
+                           ground_truth_from_poses, pose_ground_truth, read_ground_truth_file)
 from .nclt import read_nclt
 from .nordland import read_nordland
 from .strecha import read_strecha
@@ -56,7 +58,8 @@ def load_dataset(kind: str, path: str | os.PathLike, **options: Any) -> Retrieva
 
 
 __all__ = [
-    "DATASET_READERS", "GroundTruthRule", "ImageSet", "ImageTransform", "RetrievalDataset", "detect_dataset_kind",
-    "list_image_names", "load_dataset", "natural_key", "read_folders", "read_nclt", "read_nordland", "read_strecha",
-    "read_vprbench",
+    "DATASET_READERS", "GroundTruth", "GroundTruthRule", "ImageSet", "ImageTransform", "RetrievalDataset",
+    "detect_dataset_kind", "ground_truth_from_names", "ground_truth_from_planar_poses", "ground_truth_from_poses",
+    "list_image_names", "load_dataset", "natural_key", "pose_ground_truth", "read_folders", "read_ground_truth_file",
+    "read_nclt", "read_nordland", "read_strecha", "read_vprbench",
 ]

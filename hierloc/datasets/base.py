@@ -10,9 +10,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..evaluation.ground_truth import (GroundTruth, ground_truth_from_names, ground_truth_from_planar_poses,
-                                       ground_truth_from_poses)
 from ..utils.images import IMAGE_EXTENSIONS, read_image
+from .ground_truth import GroundTruth, ground_truth_from_names, ground_truth_from_planar_poses, ground_truth_from_poses
 
 
 def natural_key(name: str) -> list:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..evaluation.ground_truth import read_ground_truth_file
 from ..maps.poses import associate_poses, read_pose_file
 from .base import GroundTruthRule, ImageSet, RetrievalDataset, list_image_names
+from .ground_truth import read_ground_truth_file
 from .strecha import read_camera_poses
 
 REFERENCE_FOLDERS = ("reference", "references", "ref", "database", "db", "map")

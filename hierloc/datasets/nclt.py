@@ -314,14 +314,17 @@ def read_nclt(path: str | os.PathLike, reference: str = REFERENCE_DATE, queries:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m hierloc.datasets.nclt poses NCLT_ROOT`: write pose_<date>.csv for the evaluated sessions."""
+    from ..cli.validators import non_negative_int, positive_float
+
     parser = argparse.ArgumentParser(prog="python -m hierloc.datasets.nclt", description=main.__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     poses = sub.add_parser("poses", help="interpolate groundtruth_<date>.csv at the image times")
     poses.add_argument("root", help="NCLT folder (<date>/lb3/Cam<k>/, groundtruth_<date>.csv)")
     poses.add_argument("--dates", nargs="+", default=[REFERENCE_DATE, *QUERY_DATES])
-    poses.add_argument("--camera", type=int, default=CAMERA)
+    poses.add_argument("--camera", type=non_negative_int, default=CAMERA)
     poses.add_argument("--out", default=None, help="output folder (default: the NCLT folder)")
-    poses.add_argument("--max-gap", type=float, default=1.0, help="largest ground-truth gap (s) to interpolate over")
+    poses.add_argument("--max-gap", type=positive_float, default=1.0,
+                       help="largest ground-truth gap (s) to interpolate over")
     args = parser.parse_args(argv)
     for path in make_pose_files(args.root, args.dates, args.camera, args.out, args.max_gap):
         print(f"poses written to {path}")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..evaluation.ground_truth import read_ground_truth_file
 from .base import GroundTruthRule, ImageSet, RetrievalDataset, list_image_names
+from .ground_truth import read_ground_truth_file
 
 GROUND_TRUTH_FILE = "ground_truth_new.npy"
 

@@ -21,6 +21,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from ..describers.base import NETWORK_PREPROCESSING, Preprocessing
 from ..maps.types import Keyframe
 
 logger = logging.getLogger(__name__)
@@ -54,20 +55,18 @@ class RayConfig:
     cpus_per_actor: float = 2.0
     gpus_per_actor: float | None = None  # default: 1 when the cluster has GPUs
     batch_size: int = 8
-    resize: tuple[int, int] | None = None
+    preprocessing: Preprocessing = NETWORK_PREPROCESSING  # the describer's, applied in the loading tasks
     shard_dir: str | None = None  # default: a temporary folder, removed after merging
     object_store_bytes: int | None = None  # only for "local" (default: Ray's choice, at most 2 GiB)
 
 
-def _load_images(batch: dict[str, np.ndarray], resize: tuple[int, int] | None) -> dict[str, Any]:
-    """Ray Data task: pickled keyframes -> images (decoded and resized) or the reason they failed."""
-    from ..extraction.pipeline import resize_image
-
+def _load_images(batch: dict[str, np.ndarray], preprocessing) -> dict[str, Any]:
+    """Ray Data task: pickled keyframes -> images (decoded and prepared as the describer does) or why they failed."""
     images, errors = [], []
     for blob in batch["keyframe"]:
         try:
             keyframe: Keyframe = pickle.loads(blob)
-            image = np.ascontiguousarray(resize_image(keyframe.load_image(), resize))
+            image = np.ascontiguousarray(preprocessing.apply(keyframe.load_image()))
             errors.append("")
         except Exception as exc:  # reported per keyframe, as in the local pipeline
             image = None
@@ -191,7 +190,7 @@ def describe_on_ray(
                         len(flat), actors, cpus_each, gpus_each)
             rows = [{"row": i, "keyframe": pickle.dumps(kf)} for i, kf in enumerate(flat)]
             dataset = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / 256)))
-            dataset = dataset.map_batches(_load_images, fn_kwargs={"resize": config.resize},
+            dataset = dataset.map_batches(_load_images, fn_kwargs={"preprocessing": config.preprocessing},
                                           batch_size=config.batch_size, num_cpus=1)
             dataset = dataset.map_batches(
                 _DescriptorActor,

@@ -1,4 +1,5 @@
-"""Descriptors of an image set, computed once and cached in an hloc-layout h5 file (resumable, atomic)."""
+"""Descriptors of an image set by a `hierloc.describers.Describer`, computed once and cached in an hloc-layout
+h5 file (resumable, atomic)."""
 
 from __future__ import annotations
 
@@ -8,28 +9,20 @@ import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Sequence
 
 import h5py
 import numpy as np
 from tqdm import tqdm
 
 from ..datasets.base import ImageSet
+from ..describers import Describer
 from ..extraction.h5_features import DATASET, existing_names, read_global_descriptors
 from ..utils.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
 CHUNK = 256  # images per resumable part file
-
-
-class Describer(Protocol):
-    """What evaluation needs from an extractor (GlobalExtractor, DenseVLAD, exported models)."""
-
-    @property
-    def descriptor_dim(self) -> int: ...
-
-    def describe_batch(self, images: list[np.ndarray]) -> np.ndarray: ...
 
 
 def _write_h5(path: Path, keys: Sequence[str], descriptors: np.ndarray, attrs: dict) -> None:
@@ -58,9 +51,13 @@ def read_cache(cache: str | os.PathLike | None, keys: Sequence[str]) -> np.ndarr
 
 
 def compute_descriptors(describer: Describer, image_set: ImageSet, cache: str | os.PathLike | None,
-                        prepare: Callable[[np.ndarray], np.ndarray] | None = None, batch_size: int = 8,
-                        io_workers: int = 2, label: str = "", attrs: dict | None = None) -> tuple[np.ndarray, float]:
+                        batch_size: int = 8, io_workers: int = 2, label: str = "",
+                        attrs: dict | None = None) -> tuple[np.ndarray, float]:
     """[N, D] float32 descriptors of `image_set` (its `keys` order) and seconds per computed image.
+
+    Images are read and prepared (`describer.prepare`: its resize policy) by `io_workers` threads
+    ahead of the describer, which gets them through `describe_prepared` (seconds per image: wall
+    time of the computed chunks, reading overlapped with describing).
 
     With `cache`, an existing complete h5 file is read instead; otherwise every CHUNK images are
     saved as a part file next to it (so an interrupted run resumes), and the parts are merged into
@@ -81,7 +78,8 @@ def compute_descriptors(describer: Describer, image_set: ImageSet, cache: str | 
             if part.is_file():
                 try:
                     with np.load(part) as data:
-                        if list(data["keys"]) == keys[start:start + CHUNK] and data["descriptors"].shape[1] == out.shape[1]:
+                        if (list(data["keys"]) == keys[start:start + CHUNK]
+                                and data["descriptors"].shape[1] == out.shape[1]):
                             out[start:start + CHUNK] = data["descriptors"]
                             done[start:start + CHUNK] = True
                 except (OSError, ValueError, KeyError):
@@ -92,8 +90,7 @@ def compute_descriptors(describer: Describer, image_set: ImageSet, cache: str | 
               desc=f"descriptors {label} {image_set.name}".strip()) as bar, \
             ThreadPoolExecutor(max_workers=io_workers) as pool:
         def load(i: int) -> np.ndarray:
-            image = image_set.load(i)
-            return prepare(image) if prepare is not None else image
+            return describer.prepare(image_set.load(i))
 
         for start in todo:
             stop = min(start + CHUNK, len(keys))
@@ -104,12 +101,12 @@ def compute_descriptors(describer: Describer, image_set: ImageSet, cache: str | 
             for image in images:
                 batch.append(image)
                 if len(batch) == batch_size:
-                    out[row:row + len(batch)] = describer.describe_batch(batch)
+                    out[row:row + len(batch)] = describer.describe_prepared(batch)
                     row += len(batch)
                     bar.update(len(batch))
                     batch = []
             if batch:
-                out[row:row + len(batch)] = describer.describe_batch(batch)
+                out[row:row + len(batch)] = describer.describe_prepared(batch)
                 bar.update(len(batch))
             seconds += time.perf_counter() - begin
             computed += stop - start

@@ -1,9 +1,15 @@
-"""Evaluate descriptor sources on a retrieval dataset: descriptors (cached) -> ranking per PCA size -> metrics."""
+"""Evaluate descriptor sources on a retrieval dataset: descriptors (cached) -> ranking per PCA size -> metrics.
+
+Two entry points: `evaluate(EvaluationConfig) -> EvaluationResult` does everything `hierloc evaluate`
+does (validate, read the dataset, build the methods, evaluate, write JSON and the report);
+`evaluate_methods(dataset, methods, settings, cache_dir) -> Evaluation` runs given methods on a dataset.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,10 +18,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..datasets.base import ImageSet, RetrievalDataset
+from ..datasets.ground_truth import GroundTruth
+from ..describers import DescriberIdentity
 from ..index import PCA
 from .descriptors import compute_descriptors, read_cache, read_precomputed
-from .ground_truth import GroundTruth
-from .methods import Method
+from .methods import Method, parse_methods
 from .recall import RankingMetrics, cumulative_true_false_positives, ranking_metrics
 from .retrieval import Ranking, rank_references, truncated_pca
 
@@ -84,6 +91,19 @@ class MethodRun:
     seconds_per_image: float  # NaN when read from the cache or a file
     cache_files: list[str]
     skipped_pca: list[int] = field(default_factory=list)
+    # None for precomputed descriptors, and for a fitted describer whose descriptors all came from the cache
+    describer: DescriberIdentity | None = None
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable description (with the describer's identity: weights SHA-256, preprocessing)."""
+        identity = self.describer
+        notes = list(self.method.notes) + ([f"describer: {identity.summary()}"] if identity is not None else [])
+        return {"label": self.method.label, "kind": self.method.kind, "descriptor_dim": self.descriptor_dim,
+                "seconds_per_image": _finite(self.seconds_per_image), "cache_files": self.cache_files,
+                "notes": notes, "skipped_pca_dims": self.skipped_pca,
+                "describer": None if identity is None else {
+                    "kind": identity.kind, "name": identity.name, "descriptor_dim": identity.descriptor_dim,
+                    "weights_sha256": identity.weights_sha256, "preprocessing": identity.preprocessing.to_json()}}
 
 
 @dataclass
@@ -131,23 +151,26 @@ class Evaluation:
             "settings": {"pca_dims": list(self.settings.pca_dims), "max_n": self.settings.max_n,
                          "backend": self.settings.backend, "backend_params": self.settings.backend_params,
                          "whiten": self.settings.whiten},
-            "methods": [{"label": run.method.label, "kind": run.method.kind, "descriptor_dim": run.descriptor_dim,
-                         "seconds_per_image": _finite(run.seconds_per_image), "cache_files": run.cache_files,
-                         "notes": run.method.notes, "skipped_pca_dims": run.skipped_pca} for run in self.runs],
+            "methods": [run.to_dict() for run in self.runs],
             "results": [r.summary() for r in self.results],
         }
 
 
 def describe_dataset(method: Method, dataset: RetrievalDataset, cache_dir: Path | None,
                      settings: EvaluationSettings) -> MethodRun:
-    """Reference and query descriptors of one method (computed, cached, or read from its file)."""
+    """Reference and query descriptors of one method (computed, cached, or read from its file).
+
+    The describer is built before the cache is looked up (its identity is the cache key); a fit on the
+    reference images (DenseVLAD, k-means) runs only when some descriptors are missing.
+    """
     if method.kind == "precomputed":
         reference = read_precomputed(method.path, dataset.reference)
         queries = {q.name: read_precomputed(method.path, q) for q in dataset.queries}
         return MethodRun(method, reference.shape[1], reference, queries, float("nan"), [str(method.path)])
     key = method.cache_key(dataset.reference)
+    base = method.base_describer()
+    identity = [base.identity] if base is not None and not method.fitted_on_reference else []
     cache_files = []
-    describers = []  # built on the first cache miss only (building may fit a vocabulary or run k-means)
 
     def run(image_set: ImageSet) -> tuple[np.ndarray, float]:
         cache = (cache_dir / method.slug / f"{image_set.name}-{image_set.identity()}-{key}.h5"
@@ -157,25 +180,29 @@ def describe_dataset(method: Method, dataset: RetrievalDataset, cache_dir: Path 
         cached = read_cache(cache, image_set.keys)
         if cached is not None:
             return cached, float("nan")
-        if not describers:
-            describers.append(method.build(dataset.reference, cache_dir))
-        return compute_descriptors(describers[0], image_set, cache, method.prepare, settings.batch_size,
-                                   settings.io_workers, method.label,
-                                   attrs={"method": method.label, "identity": method.identity})
+        describer = method.describer(dataset.reference, cache_dir)
+        identity[:] = [describer.identity]
+        return compute_descriptors(describer, image_set, cache, settings.batch_size, settings.io_workers,
+                                   method.label, attrs={"method": method.label, "cache_key": key,
+                                                        "describer": describer.identity.summary()})
 
-    reference, seconds = run(dataset.reference)
-    timings = [seconds]
-    queries = {}
-    for query_set in dataset.queries:
-        queries[query_set.name], seconds = run(query_set)
-        timings.append(seconds)
+    try:
+        reference, seconds = run(dataset.reference)
+        timings = [seconds]
+        queries = {}
+        for query_set in dataset.queries:
+            queries[query_set.name], seconds = run(query_set)
+            timings.append(seconds)
+    finally:
+        method.release()  # networks can be large: one method's describer in memory at a time
     measured = [t for t in timings if math.isfinite(t)]
     return MethodRun(method, int(reference.shape[1]), reference, queries,
-                     float(np.mean(measured)) if measured else float("nan"), cache_files)
+                     float(np.mean(measured)) if measured else float("nan"), cache_files,
+                     describer=identity[0] if identity else None)
 
 
-def evaluate(dataset: RetrievalDataset, methods: Sequence[Method], settings: EvaluationSettings | None = None,
-             cache_dir: str | Path | None = None) -> Evaluation:
+def evaluate_methods(dataset: RetrievalDataset, methods: Sequence[Method], settings: EvaluationSettings | None = None,
+                     cache_dir: str | Path | None = None) -> Evaluation:
     """Run every method on every query set at every PCA size."""
     settings = settings or EvaluationSettings()
     cache_dir = Path(cache_dir) if cache_dir is not None else None
@@ -231,7 +258,8 @@ def per_query_rows(evaluation: Evaluation, result: Result, top: int = 5) -> list
         ranked = result.ranking.rows[i, :top]
         rows.append({
             "query": name, "valid": bool(result.metrics.valid[i]),
-            "first_correct_rank": int(result.metrics.first_correct_rank[i]) + 1 if result.metrics.first_correct_rank[i] >= 0 else None,
+            "first_correct_rank": (int(result.metrics.first_correct_rank[i]) + 1
+                                   if result.metrics.first_correct_rank[i] >= 0 else None),
             "retrieved": [dataset.reference.names[r] if r >= 0 else "" for r in ranked],
             "distances": [float(d) for d in result.ranking.distances[i, :top]],
             "correct": [bool(c) for c in result.metrics.correct[i, :top]],
@@ -239,3 +267,204 @@ def per_query_rows(evaluation: Evaluation, result: Result, top: int = 5) -> list
             "true_references": [dataset.reference.names[r] for r in result.ground_truth.positives(i)[:5]],
         })
     return rows
+
+
+# --------------------------------------------------------------------------- the whole evaluation from a config
+
+DATASET_KINDS = ("auto", "folders", "nordland", "vprbench", "nclt", "strecha")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+# Dataset kinds whose --queries names several sessions or seasons; the others take one query folder.
+MULTI_QUERY_KINDS = ("nordland", "nclt")
+
+
+def default_cache_dir() -> Path:
+    """$HIERLOC_CACHE_DIR/evaluate or ~/.cache/hierloc/evaluate."""
+    base = os.environ.get("HIERLOC_CACHE_DIR")
+    return Path(base) / "evaluate" if base else Path.home() / ".cache" / "hierloc" / "evaluate"
+
+
+def parse_pca_dims(values: Sequence[str]) -> tuple[int | None, ...]:
+    """'none' (also '0', 'full') or positive sizes, without repeats, in order."""
+    dims: list[int | None] = []
+    for value in values:
+        if str(value).lower() in ("none", "0", "full"):
+            dims.append(None)
+            continue
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError(f"--pca-dims: {value!r} is neither 'none' nor a positive integer") from None
+        if number < 1:
+            raise ValueError(f"--pca-dims: {number} is not a positive size")
+        dims.append(number)
+    return tuple(dict.fromkeys(dims))
+
+
+def parse_search_params(items: Sequence[str]) -> dict[str, Any]:
+    """KEY=VALUE strings -> {key: int, float, None ('none') or string}."""
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--search-param {item!r}: expected KEY=VALUE")
+        for cast in (int, float):
+            try:
+                params[key] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            params[key] = None if value.lower() == "none" else value
+    return params
+
+
+@dataclass(frozen=True)
+class DatasetOptions:
+    """Reader options of `hierloc.datasets.load_dataset` (None: the dataset's default)."""
+
+    reference: str | None = None
+    queries: tuple[str, ...] | None = None
+    ground_truth: str | None = None
+    reference_poses: str | None = None
+    query_poses: str | None = None
+    max_distance: float | None = None
+    max_angle: float | None = None
+    tolerance: int | None = None
+    camera: int | None = None
+    undistortion_map: str | None = None
+    undistort: bool | None = None
+    pool_queries: bool | None = None
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """Everything one evaluation needs (what `hierloc evaluate` parses its arguments into)."""
+
+    dataset_kind: str
+    dataset_path: Path
+    methods: tuple[str, ...] = ("densevlad",)  # --method spellings (hierloc.evaluation.methods)
+    weights: str | None = None  # weights of the single network method spelled without '=WEIGHTS'
+    dataset: DatasetOptions = DatasetOptions()
+    step: int = 1  # every step-th reference and query
+    min_side: int | None = None  # networks' shortest side (None: NETWORK_PREPROCESSING's; 0: images as they are)
+    pca_dims: tuple[int | None, ...] = (None,)
+    max_n: int = 25
+    search: str = "flat"
+    search_params: dict[str, Any] = field(default_factory=dict)
+    cache_dir: Path | None = None  # None: descriptors are neither read from nor written to a cache
+    json_path: Path | None = None
+    out_dir: Path | None = None  # results.json, plots, retrieval grids, per-query CSV, index.html
+    top_k: int = 5
+    examples: int = 4
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int = 8
+    threads: int | None = None
+    command: str = ""  # the command line, recorded in the JSON and the HTML page
+
+    def validate(self) -> None:
+        """Refuse bad values with a one-line ValueError (FileNotFoundError for a missing dataset) before
+        anything is read or loaded."""
+        from ..index import available_backends
+
+        if self.dataset_kind not in DATASET_KINDS:
+            raise ValueError(f"--dataset kind {self.dataset_kind!r}: choose one of {', '.join(DATASET_KINDS)}")
+        if not Path(self.dataset_path).is_dir():
+            raise FileNotFoundError(f"{self.dataset_path}: no such dataset folder")
+        if not self.methods:
+            raise ValueError("--method: give at least one descriptor source")
+        for name in ("step", "max_n", "top_k", "examples", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        if self.min_side is not None and (not isinstance(self.min_side, int) or self.min_side < 0):
+            raise ValueError(f"--min-side must be 0 or a positive integer, got {self.min_side!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ValueError(f"--threads must be a positive integer, got {self.threads!r}")
+        if not self.pca_dims or any(d is not None and (not isinstance(d, int) or d < 1) for d in self.pca_dims):
+            raise ValueError(f"--pca-dims: sizes must be positive integers or 'none', got {list(self.pca_dims)}")
+        if self.search not in available_backends():
+            raise ValueError(f"--search {self.search!r}: choose one of {', '.join(available_backends())}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        queries = self.dataset.queries
+        if queries is not None and len(queries) != 1 and self.resolved_kind() not in MULTI_QUERY_KINDS:
+            raise ValueError(f"a {self.resolved_kind()} dataset has one query folder; got {len(queries)}")
+
+    def resolved_kind(self) -> str:
+        """The dataset kind, detected from the folder for 'auto'."""
+        from ..datasets import detect_dataset_kind
+
+        return detect_dataset_kind(self.dataset_path) if self.dataset_kind == "auto" else self.dataset_kind
+
+    def load_dataset(self) -> RetrievalDataset:
+        """The dataset with its options, subsampled by `step`."""
+        from ..datasets import load_dataset
+
+        kind, o = self.resolved_kind(), self.dataset
+        queries = o.queries if o.queries is None or kind in MULTI_QUERY_KINDS else o.queries[0]
+        options = {"reference": o.reference, "queries": queries, "ground_truth": o.ground_truth,
+                   "reference_poses": o.reference_poses, "query_poses": o.query_poses,
+                   "max_distance": o.max_distance, "max_angle_deg": o.max_angle, "tolerance": o.tolerance,
+                   "camera": o.camera, "undistortion_map": o.undistortion_map, "undistort": o.undistort,
+                   "pool_queries": o.pool_queries}
+        return load_dataset(kind, self.dataset_path, **options).subsampled(self.step, self.step)
+
+    def methods_to_run(self) -> list[Method]:
+        """The Method of every --method value (nothing loaded yet; bad spellings refused here)."""
+        return parse_methods(self.methods, self.weights, self.min_side, device=self.device,
+                             precision=self.precision, threads=self.threads)
+
+    def settings(self) -> EvaluationSettings:
+        """What is measured."""
+        return EvaluationSettings(pca_dims=self.pca_dims, max_n=self.max_n, backend=self.search,
+                                  backend_params=dict(self.search_params), batch_size=self.batch_size)
+
+
+@dataclass
+class EvaluationResult:
+    """An evaluation and where its outputs went."""
+
+    evaluation: Evaluation
+    json_path: Path | None = None
+    out_dir: Path | None = None
+    report_files: dict[str, list[Path]] = field(default_factory=dict)  # write_report's: json, plots, grids, csv, html
+
+    def summary_lines(self) -> list[str]:
+        """What `hierloc evaluate` prints: dataset notes, the table, one line per method, the outputs."""
+        evaluation = self.evaluation
+        lines = [f"dataset: {note}" for note in evaluation.dataset.notes] + ["", evaluation.table(), ""]
+        for run in evaluation.runs:
+            timing = f", {1000 * run.seconds_per_image:.1f} ms/image" if math.isfinite(run.seconds_per_image) else ""
+            cached = f"; descriptors cached in {Path(run.cache_files[0]).parent}" if run.cache_files and \
+                run.method.kind != "precomputed" else ""
+            describer = f" ({run.describer.summary()})" if run.describer is not None else ""
+            lines.append(f"{run.method.label}: {run.descriptor_dim}-D{timing}{cached}{describer}")
+        if self.json_path is not None:
+            lines.append(f"numbers written to {self.json_path}")
+        if self.out_dir is not None:
+            files = self.report_files
+            lines += [f"plots written to {', '.join(str(p) for p in files.get('plots', []))}",
+                      f"retrieval grids written to {self.out_dir / 'retrievals'} ({len(files.get('grids', []))} PNG)",
+                      f"per-query results written to {self.out_dir / 'per_query'} ({len(files.get('csv', []))} CSV)"]
+            lines += [f"report written to {path}" for path in files.get("html", [])]
+        return lines
+
+
+def evaluate(config: EvaluationConfig) -> EvaluationResult:
+    """Validate `config`, read the dataset, run every method, write the JSON and the report folder."""
+    from ..utils.threads import configure_threads
+    from .report import write_json, write_report  # report builds on this module
+
+    config.validate()
+    methods = config.methods_to_run()
+    configure_threads(config.threads)
+    dataset = config.load_dataset()
+    evaluation = evaluate_methods(dataset, methods, config.settings(), config.cache_dir)
+    extra = {"command": config.command} if config.command else None
+    json_path = write_json(evaluation, config.json_path, extra) if config.json_path is not None else None
+    files = {}
+    if config.out_dir is not None:
+        files = write_report(evaluation, config.out_dir, top=config.top_k, examples=config.examples,
+                             command=config.command)
+    return EvaluationResult(evaluation, json_path, config.out_dir, files)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse
 
-from .ground_truth import GroundTruth
+from ..datasets.ground_truth import GroundTruth
 
 
 def _correct(ranked: np.ndarray, ground_truth) -> tuple[np.ndarray, np.ndarray]:

@@ -5,14 +5,12 @@ from __future__ import annotations
 import csv
 import html
 import io
-import json
-import math
 import os
 from pathlib import Path
 
 import numpy as np
 
-from ..utils.io import atomic_write_text
+from ..utils.io import atomic_write_text, to_json_text
 from .pipeline import RECALL_NS, Evaluation, Result, per_query_rows
 from .visualize import annotated_retrieval_grid, choose_examples, plot_pr_curves, plot_recall_curves, write_png
 
@@ -25,23 +23,12 @@ def _json_default(value):
     raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
 
 
-def _clean(value):
-    """NaN and infinity become null (strict JSON)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
 def write_json(evaluation: Evaluation, path: str | os.PathLike, extra: dict | None = None) -> Path:
     """All numbers of the evaluation (see Evaluation.to_dict), atomically."""
     data = evaluation.to_dict()
     if extra:
         data.update(extra)
-    atomic_write_text(path, json.dumps(_clean(data), indent=1, default=_json_default) + "\n")
+    atomic_write_text(path, to_json_text(data, indent=1, default=_json_default) + "\n")
     return Path(path)
 
 

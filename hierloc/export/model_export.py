@@ -12,7 +12,6 @@ reports the largest absolute difference of the descriptors.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import warnings
@@ -23,16 +22,14 @@ import torch
 
 from .. import __version__
 from ..models.base import GlobalDescriptorModel
+from ..models.checkpoint import tensors_sha256
 from ..models.configs import config_to_dict
-from ..utils.io import atomic_path
+from ..utils.io import atomic_path, to_json_text
+from .file_format import EXPORT_FORMAT, INPUT_NAME, METADATA_KEY, OUTPUT_NAME
 from .scriptable import SamePaddingConv2d
 
 logger = logging.getLogger(__name__)
 
-EXPORT_FORMAT = "hierloc-exported-model"
-METADATA_KEY = "hierloc.json"  # TorchScript extra file name and ONNX metadata key
-INPUT_NAME = "image"
-OUTPUT_NAME = "descriptor"
 PARITY_TOLERANCE = 1e-4
 DEFAULT_PARITY_SIZES = ((480, 640), (375, 500), (241, 319))
 
@@ -49,6 +46,8 @@ def export_metadata(model: GlobalDescriptorModel) -> dict:
         "input": f"{INPUT_NAME}: float32 [B, C, H, W], raw pixel values 0..255",
         "output": f"{OUTPUT_NAME}: float32 [B, D], L2-normalised",
         "config": config_to_dict(model.config),
+        # The network's own fingerprint: an index built with it accepts this export as the same describer.
+        "weights_sha256": tensors_sha256(model.state_dict()),
     }
 
 
@@ -99,7 +98,7 @@ def export_torchscript(model: GlobalDescriptorModel, path: str | os.PathLike,
     path = Path(path)
     traced = trace_model(model, example_size)
     with atomic_path(path, suffix=".pt") as tmp:
-        torch.jit.save(traced, str(tmp), _extra_files={METADATA_KEY: json.dumps(export_metadata(model))})
+        torch.jit.save(traced, str(tmp), _extra_files={METADATA_KEY: to_json_text(export_metadata(model))})
     return path
 
 
@@ -134,7 +133,7 @@ def export_onnx(model: GlobalDescriptorModel, path: str | os.PathLike, example_s
             raise ValueError(f"unknown ONNX exporter {exporter!r}: use 'torchscript' or 'dynamo'")
         proto = onnx.load(str(tmp))
         entry = proto.metadata_props.add()
-        entry.key, entry.value = METADATA_KEY, json.dumps(export_metadata(model))
+        entry.key, entry.value = METADATA_KEY, to_json_text(export_metadata(model))
         proto.producer_name = "hierloc"
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))

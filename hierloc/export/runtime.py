@@ -18,7 +18,7 @@ import torch
 
 from ..extraction.global_descriptors import image_to_tensor, resolve_device
 from ..models.base import LUMA_WEIGHTS
-from .model_export import EXPORT_FORMAT, INPUT_NAME, METADATA_KEY
+from .file_format import EXPORT_FORMAT, INPUT_NAME, METADATA_KEY
 
 ONNX_SUFFIXES = (".onnx",)
 

@@ -53,10 +53,12 @@ def resize_image(image: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
 class ImageDataset(Dataset):
     """Item i -> (i, decoded and resized image or None, failure reason or None)."""
 
-    def __init__(self, items: Sequence[Any], load: Callable[[Any], np.ndarray], resize: tuple[int, int] | None = None):
+    def __init__(self, items: Sequence[Any], load: Callable[[Any], np.ndarray], resize: tuple[int, int] | None = None,
+                 prepare: Callable[[np.ndarray], np.ndarray] | None = None):
         self.items = items
         self.load = load
         self.resize = resize
+        self.prepare = prepare
 
     def __len__(self) -> int:
         return len(self.items)
@@ -64,8 +66,10 @@ class ImageDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, str | None]:
         try:
             # Images cross the process boundary as they are (uint8 is 4x smaller than float tensors).
-            image = np.ascontiguousarray(resize_image(self.load(self.items[i]), self.resize))
-            return i, image, None
+            image = resize_image(self.load(self.items[i]), self.resize)
+            if self.prepare is not None:
+                image = self.prepare(image)
+            return i, np.ascontiguousarray(image), None
         except Exception as exc:  # any unreadable image is reported, never fatal for the batch
             return i, None, str(exc) or type(exc).__name__
 
@@ -85,9 +89,11 @@ def describe_items(
     """Yield (item positions, their (n, D) descriptors, [(position, reason)] failures) batch by batch, in order.
 
     `load(item)` returns an image (HxW or HxWxC); with workers it runs in forked processes, which
-    see the items as they were when the iteration started.
+    see the items as they were when the iteration started. A `hierloc.describers.Describer` has its
+    preprocessing applied there too, and its prepared images go to `describe_prepared` (or `run`).
     """
-    dataset = ImageDataset(items, load, config.resize)
+    preprocessing = getattr(extractor, "preprocessing", None)
+    dataset = ImageDataset(items, load, config.resize, preprocessing.apply if preprocessing is not None else None)
     workers = min(config.num_workers, max(0, (len(items) + config.batch_size - 1) // config.batch_size))
     loader = DataLoader(
         dataset,
@@ -98,6 +104,7 @@ def describe_items(
         persistent_workers=False,
     )
     run = getattr(extractor, "run", None)  # describers without a tensor entry point take numpy images
+    describe_numpy = getattr(extractor, "describe_prepared", None) or extractor.describe_batch
     with tqdm(total=len(items), desc=desc, unit="img", disable=not progress) as bar:
         for batch in loader:
             failures = [(i, reason) for i, image, reason in batch if image is None]
@@ -112,6 +119,6 @@ def describe_items(
                 if run is not None:
                     descriptors[slots] = run(torch.cat([image_to_tensor(image) for image in images]))
                 else:
-                    descriptors[slots] = extractor.describe_batch(images)
+                    descriptors[slots] = describe_numpy(images)
             bar.update(len(batch))
             yield positions, descriptors, failures

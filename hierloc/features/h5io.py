@@ -23,7 +23,7 @@ from typing import Iterable, Iterator
 import h5py
 import numpy as np
 
-from ..utils.io import atomic_path, atomic_write_text
+from ..utils.io import atomic_path, atomic_write_text, to_json_text
 from .types import LocalFeatures
 
 FEATURE_DATASETS = ("keypoints", "descriptors", "scores", "image_size")
@@ -136,7 +136,7 @@ class FeatureWriter:
             shutil.copyfile(self.path, tmp)
         self._file = h5py.File(tmp, "a" if existing else "w")
         if config is not None:
-            self._file.attrs[CONFIG_ATTR] = json.dumps(config, sort_keys=True)
+            self._file.attrs[CONFIG_ATTR] = to_json_text(config, sort_keys=True)
 
     def write(self, name: str, features: LocalFeatures) -> None:
         """Store (or replace) the features of one image."""
@@ -173,7 +173,7 @@ def write_matches(path: str | os.PathLike, matches: dict[tuple[str, str], tuple[
             shutil.copyfile(path, tmp)
         with h5py.File(tmp, "a" if existing else "w") as f:
             if config is not None:
-                f.attrs[CONFIG_ATTR] = json.dumps(config, sort_keys=True)
+                f.attrs[CONFIG_ATTR] = to_json_text(config, sort_keys=True)
             for (name0, name1), (matches0, scores0) in matches.items():
                 key = names_to_pair(name0, name1)
                 if key in f:

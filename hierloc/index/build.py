@@ -13,7 +13,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..extraction import GlobalExtractor
 from ..extraction.pipeline import BatchConfig, describe_items
 from ..maps.types import Keyframe, Map
 from .descriptor_index import DescriptorIndex
@@ -41,8 +40,8 @@ def load_keyframe_image(keyframe: Keyframe) -> np.ndarray:
     return keyframe.load_image()
 
 
-def local_describer(extractor: GlobalExtractor, config: BatchConfig = BatchConfig()) -> DescribeFn:
-    """Describe keyframes in this process with the batched DataLoader pipeline."""
+def local_describer(extractor, config: BatchConfig = BatchConfig()) -> DescribeFn:
+    """Describe keyframes in this process with the batched DataLoader pipeline (`extractor`: a Describer)."""
 
     def describe_mission(name: str, keyframes: Sequence[Keyframe]) -> Described:
         chunks, positions, failures = [], [], []
@@ -63,26 +62,28 @@ def local_describer(extractor: GlobalExtractor, config: BatchConfig = BatchConfi
 
 def build_index(
     map_: Map,
-    extractor: GlobalExtractor | None,
-    model_name: str,
+    describer,
     subsampling: int = 1,
     missions: list[str] | None = None,
     store_poses: bool = False,
     batch_size: int = 8,
     io_workers: int = 2,
-    resize: tuple[int, int] | None = None,
     describe: DescribeFn | None = None,
+    model_name: str | None = None,
 ) -> tuple[DescriptorIndex, BuildReport]:
     """Describe every `subsampling`-th keyframe of the selected missions; failed images are skipped.
 
-    `io_workers` decode and resize images in parallel with the network (0: in this process);
-    `describe` replaces the local extractor (e.g. `hierloc.distributed.ray_describer`).
+    `describer` is a `hierloc.describers.Describer` (its preprocessing runs in the decode workers);
+    `io_workers` decode and prepare images in parallel with the network (0: in this process);
+    `describe` replaces the local pipeline (e.g. `hierloc.distributed.ray_describer`). The index
+    is named after the describer's model (`model_name` overrides it). The caller records the
+    describer in `index.metadata` (`hierloc.describers.describer_record`) when it saves the index.
     """
     if describe is None:
-        if extractor is None:
-            raise ValueError("build_index needs an extractor or a describe function")
-        describe = local_describer(extractor, BatchConfig(batch_size=batch_size, num_workers=io_workers,
-                                                          resize=resize))
+        if describer is None:
+            raise ValueError("build_index needs a describer or a describe function")
+        describe = local_describer(describer, BatchConfig(batch_size=batch_size, num_workers=io_workers))
+    model_name = model_name or describer.name
     selected = map_.select(missions, subsampling)
     report = BuildReport()
     keyframes: list[Keyframe] = []
@@ -103,8 +104,6 @@ def build_index(
         logger.warning("some keyframes have no pose: the index is written without poses")
     metadata = {"subsampling": subsampling, "missions": list(selected.missions),
                 "descriptor_dim": int(chunks[0].shape[1])}
-    if resize is not None:
-        metadata["image_resize"] = list(resize)  # queries must be resized the same way
     index = DescriptorIndex(
         model_name=model_name,
         data_name=map_.name,

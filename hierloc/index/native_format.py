@@ -27,7 +27,7 @@ import numpy as np
 from hierloc.index.descriptor_index import DescriptorIndex
 from hierloc.index.errors import IndexFormatError, IndexValidationError
 from hierloc.index.pca import PCA
-from hierloc.utils.io import atomic_path
+from hierloc.utils.io import atomic_path, to_json_text
 
 NATIVE_FORMAT = "hierloc.descriptor_index"
 NATIVE_FORMAT_VERSION = 1
@@ -102,7 +102,7 @@ def write_native_index(
             f.attrs["descriptor_size"] = index.descriptor_size
             f.attrs["num_frames"] = len(index)
             f.attrs["descriptor_dtype"] = dtype
-            f.attrs["metadata_json"] = json.dumps(index.metadata)
+            f.attrs["metadata_json"] = to_json_text(index.metadata)
             _create_dataset(f, "descriptors", descriptors, compression)
             _create_dataset(f, "keyframe_ids", np.array(index.keyframe_ids, dtype="S32").reshape(len(index)))
             for name in _STRING_DATASETS:

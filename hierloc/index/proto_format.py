@@ -32,7 +32,7 @@ from google.protobuf.message import DecodeError, Message
 from hierloc.index.descriptor_index import DescriptorIndex
 from hierloc.index.errors import IndexFormatError, IndexValidationError
 from hierloc.utils.ids import id_to_pair, pair_to_id
-from hierloc.utils.io import atomic_write_bytes
+from hierloc.utils.io import atomic_write_bytes, to_json_text
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def encode_proto_index(index: DescriptorIndex, *, hierloc_extras: bool = True) -
     extras.num_frames = len(index)
     extras.missions.extend(index.missions)
     extras.names.extend(index.names)
-    extras.metadata_json = json.dumps(index.metadata)
+    extras.metadata_json = to_json_text(index.metadata)
     # Placed first so that any truncation removes frames the header still counts.
     return header.SerializeToString() + body
 

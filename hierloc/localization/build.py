@@ -8,7 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -20,7 +20,7 @@ from ..maps.poses import invert_pose
 from ..maps.types import Camera, Keyframe, Map
 from .pairs import (choose_strategy, exhaustive_pairs, pairs_from_poses, pairs_from_retrieval, sequential_pairs)
 from .reconstruction import ReconstructionConfig, incremental_sfm, triangulate_from_poses
-from .retrieval import GlobalConfig, needs_adaptation, prepare_global_model, resize_max_side
+from .retrieval import GlobalConfig, describe_prepared_images, global_describer, reuse_index_rows
 from .scene_map import MapImage, SceneMap
 
 logger = logging.getLogger(__name__)
@@ -119,6 +119,48 @@ def select_keyframes(map_: Map, exclude: Iterable[str] = ()) -> list[Keyframe]:
     return keyframes
 
 
+def _camera_sources(map_: Map, keyframes: list[Keyframe]) -> str:
+    """Where the reader of `map_` takes intrinsics from, for an error message."""
+    if map_.root is not None and Path(map_.root).is_dir() and any(kf.image_path is not None for kf in keyframes):
+        # hierloc.maps.readers.folder: cameras.txt in the mission folder or the root; Strecha's .camera files.
+        missions = sorted({kf.mission for kf in keyframes if kf.camera is None})
+        return (f"a COLMAP cameras.txt holding one camera in {map_.root}/ or in the mission folder "
+                f"({', '.join(missions[:3])}{', ...' if len(missions) > 3 else ''}), or a Strecha "
+                "gt_dense_cameras/<image>.camera per image")
+    return "a source that gives the camera intrinsics (a COLMAP model, a ROS bag with its camera info topic)"
+
+
+def choose_build_mode(map_: Map, keyframes: list[Keyframe], requested: str = "auto") -> str:
+    """'triangulation' or 'sfm' for building `keyframes`; ValueError (one line) when the poses cannot be used.
+
+    auto: triangulation when every image has a pose and a camera, SfM when none has a pose. When every
+    image has a pose but some lack a camera, it stops instead of silently falling back to SfM (which would
+    drop the poses and, with guessed focal lengths, often register few images): the user adds the cameras
+    or asks for SfM explicitly.
+    """
+    if requested not in BUILD_MODES:
+        raise ValueError(f"unknown build mode {requested!r}; choose one of {', '.join(BUILD_MODES)}")
+    no_pose = [kf.name for kf in keyframes if kf.pose is None]
+    no_camera = [kf.name for kf in keyframes if kf.camera is None]
+    if requested == "sfm":
+        if len(no_pose) < len(keyframes):
+            logger.info("SfM ignores the poses of %d images; the map gets its own frame and scale",
+                        len(keyframes) - len(no_pose))
+        return "sfm"
+    if not no_pose and no_camera:
+        raise ValueError(
+            f"{map_.name}: every image has a pose but {len(no_camera)} of {len(keyframes)} have no camera "
+            f"(e.g. {no_camera[0]}); triangulating from the poses needs the intrinsics: add "
+            f"{_camera_sources(map_, keyframes)}; or build with --mode sfm, which ignores the poses")
+    if requested == "triangulation" and no_pose:
+        raise ValueError(f"triangulation needs a pose for every image; {len(no_pose)} of {len(keyframes)} have "
+                         f"none (e.g. {no_pose[0]}); build with --mode sfm to reconstruct without poses")
+    if no_pose and len(no_pose) < len(keyframes):
+        logger.warning("%d of %d images have no pose (e.g. %s): building by SfM, which ignores the poses of the "
+                       "others", len(no_pose), len(keyframes), no_pose[0])
+    return "sfm" if no_pose else "triangulation"
+
+
 def build_scene_map(map_: Map, config: MapBuildConfig | None = None, *, exclude: Iterable[str] = (),
                     feature_cache: str | os.PathLike | None = None, match_cache: MatchCache | None = None,
                     global_adaptation_images: int = 200, work_dir: str | os.PathLike | None = None,
@@ -129,26 +171,28 @@ def build_scene_map(map_: Map, config: MapBuildConfig | None = None, *, exclude:
         raise ValueError(f"unknown build mode {config.mode!r}; choose one of {', '.join(BUILD_MODES)}")
     timings: dict[str, float] = {}
     keyframes = select_keyframes(map_, exclude)
+    mode = choose_build_mode(map_, keyframes, config.mode)
     posed = all(kf.pose is not None and kf.camera is not None for kf in keyframes)
-    mode = ("triangulation" if posed else "sfm") if config.mode == "auto" else config.mode
-    if mode == "triangulation" and not posed:
-        missing = [kf.name for kf in keyframes if kf.pose is None or kf.camera is None][:3]
-        raise ValueError(f"triangulation needs a pose and a camera for every image; missing for {missing}")
 
     extractor = make_extractor(config.features, device=config.device, **config.feature_options)
     matcher = make_matcher(config.matcher, extractor.describe_config(), device=config.device, **config.matcher_options)
 
-    # One pass over the images: local features (unless cached) and the small copies the global network needs.
+    # The describer first (adapting one reads a spread of map images), then one pass over the images:
+    # local features (unless cached) and the prepared copies the describer needs.
     t0 = time.perf_counter()
     names = [kf.name for kf in keyframes]
+    describer = global_describer(config.global_model, lambda: _spread_images(keyframes, global_adaptation_images),
+                                 config.device)
+    timings["global_describer"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     global_images: dict[str, np.ndarray] = {}
     cameras: dict[str, tuple[Camera, bool]] = {kf.name: (kf.camera, True) for kf in keyframes if kf.camera is not None}
-    wants_global = config.global_model.model not in ("none", None)
+    wants_global = describer is not None
 
     def load(kf: Keyframe) -> np.ndarray:
         image = kf.load_image()
         if wants_global:
-            global_images[kf.name] = resize_max_side(image, config.global_model.resize_max)
+            global_images[kf.name] = describer.prepare(image)
         if kf.name not in cameras:
             cameras[kf.name] = _default_camera(kf, image, config.default_fov_deg)
         return image
@@ -163,10 +207,10 @@ def build_scene_map(map_: Map, config: MapBuildConfig | None = None, *, exclude:
     timings["local_features"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    global_network, global_description, descriptors = None, None, None
+    descriptors = None
     if wants_global:
-        global_network, global_description, descriptors = describe_globally(
-            [global_images[n] for n in names], config.global_model, config.device, global_adaptation_images, progress)
+        descriptors = describe_globally(describer, [global_images[n] for n in names], names,
+                                        config.global_model.index, progress)
     timings["global_descriptors"] = time.perf_counter() - t0
 
     # Pairs and matching.
@@ -211,31 +255,36 @@ def build_scene_map(map_: Map, config: MapBuildConfig | None = None, *, exclude:
     metadata = {"mode": mode, "source": map_.name, "pairs": strategy, "num_pairs": len(pairs),
                 "excluded": sorted(set(exclude)), "build_config": _jsonable(asdict(config)), "timings": timings}
     scene = SceneMap.from_reconstruction(reconstruction, images, features, extractor.describe_config(),
-                                         matcher.describe_config(), global_model=global_description,
-                                         global_network=global_network, metadata=metadata)
+                                         matcher.describe_config(), metadata=metadata)
     if descriptors is not None:
-        attach_global_index(scene, global_network, global_description, descriptors, names)
+        attach_global_index(scene, describer, descriptors, names, config.global_model)
+    registered = {im.name for im in scene.images}
+    unregistered = [name for name in names if name not in registered]
+    if unregistered:
+        logger.warning("%s: %d of %d images registered; %d are not in the map (e.g. %s)", mode, len(registered),
+                       len(keyframes), len(unregistered), ", ".join(unregistered[:3]))
     report = {"mode": mode, "pairs": strategy, "num_pairs": len(pairs), "images": len(keyframes),
-              "registered": len(scene), "points": scene.num_points, "timings": timings,
+              "registered": len(scene), "unregistered": unregistered, "points": scene.num_points, "timings": timings,
               "pair_list": [(names[i], names[j]) for i, j in pairs]}
     return scene, report
 
 
-def describe_globally(images: list[np.ndarray], config: GlobalConfig, device: str = "cpu", max_adaptation_images: int = 200,
-                      progress: bool = True) -> tuple[Any, dict, np.ndarray]:
-    """(network if adapted to these images else None, its description, (N, D) descriptors) of map images."""
-    from ..extraction import GlobalExtractor
+def _spread_images(keyframes: Sequence[Keyframe], count: int) -> list[np.ndarray]:
+    """Images of up to `count` keyframes spread evenly over the list (for adapting a describer)."""
+    rows = np.unique(np.linspace(0, len(keyframes) - 1, min(count, len(keyframes))).round().astype(int))
+    return [keyframes[int(i)].load_image() for i in rows]
 
-    adapt_images = None
-    if needs_adaptation(config):
-        step = max(1, len(images) // max_adaptation_images)
-        adapt_images = images[::step]
-    network, description, adapted = prepare_global_model(config, adapt_images)
-    # Tracing the network costs seconds once; it pays off only over many images.
-    extractor = GlobalExtractor(network, device=device, fast=len(images) > 50)
-    descriptors = np.stack([extractor.describe(image) for image in tqdm(
-        images, desc="global descriptors", unit="img", disable=not progress)])
-    return (network if adapted else None), description, descriptors
+
+def describe_globally(describer, prepared: list[np.ndarray], names: list[str], index_path: str | None = None,
+                      progress: bool = True) -> np.ndarray:
+    """(N, D) descriptors of map images (already prepared by the describer); rows of `index_path` are reused."""
+    if index_path is None:
+        return describe_prepared_images(describer, prepared, progress)
+    descriptors, missing = reuse_index_rows(index_path, names)
+    if missing:
+        logger.info("%s lacks %d of the map's %d images: describing them", index_path, len(missing), len(names))
+        descriptors[missing] = describe_prepared_images(describer, [prepared[i] for i in missing], progress)
+    return descriptors
 
 
 def import_colmap_model(model_dir: str | os.PathLike, features_path: str | os.PathLike,
@@ -290,39 +339,46 @@ def import_colmap_model(model_dir: str | os.PathLike, features_path: str | os.Pa
                                Camera.from_pycolmap(reconstruction.cameras[im.camera_id]),
                                invert_pose(cam_from_world_matrix(im)), path if path and path.is_file() else None))
     global_config = global_config or GlobalConfig()
-    global_network, global_description, descriptors = None, None, None
-    if global_config.model not in ("none", None):
+    describer, descriptors = None, None
+    if global_config.enabled:
         if all(im.image_path is not None for im in images):
             from ..utils.images import read_image
 
-            small = [resize_max_side(read_image(im.image_path), global_config.resize_max) for im in images]
-            global_network, global_description, descriptors = describe_globally(small, global_config, device,
-                                                                                progress=progress)
+            def adaptation_images() -> list[np.ndarray]:
+                rows = np.unique(np.linspace(0, len(images) - 1, min(200, len(images))).round().astype(int))
+                return [read_image(images[int(i)].image_path) for i in rows]
+
+            describer = global_describer(global_config, adaptation_images, device)
+            prepared = [describer.prepare(read_image(im.image_path)) for im in images]
+            descriptors = describe_globally(describer, prepared, [im.name for im in images], global_config.index,
+                                            progress)
         else:
             logger.warning("%s: images not found (give image_dir): the map has no global index", model_dir)
     metadata = {"mode": "colmap-import", "source": str(model_dir), "features_file": str(features_path)}
     scene = SceneMap.from_reconstruction(reconstruction, images, local, extractor.describe_config(),
-                                         matcher_.describe_config(), global_model=global_description,
-                                         global_network=global_network, metadata=metadata)
+                                         matcher_.describe_config(), metadata=metadata)
     if descriptors is not None:
-        attach_global_index(scene, global_network, global_description, descriptors, [im.name for im in images])
+        attach_global_index(scene, describer, descriptors, [im.name for im in images], global_config)
     report = {"mode": "colmap-import", "images": len(images), "registered": len(scene), "points": scene.num_points,
               "timings": {}, "pair_list": []}
     return scene, report
 
 
-def attach_global_index(scene: SceneMap, network: Any, description: dict, descriptors: np.ndarray,
-                        names: list[str]) -> SceneMap:
-    """Give a map its retrieval stage: global descriptors of `names` (rows), the network and its description.
+def attach_global_index(scene: SceneMap, describer, descriptors: np.ndarray, names: list[str],
+                        config: GlobalConfig | None = None) -> SceneMap:
+    """Give a map its retrieval stage: the describer, the global descriptors of `names` (rows) and the search.
 
-    `network` is the network when it was adapted to these images (saved with the map), else None.
+    The index (`scene.global_index`) holds the map's images in map order; `config` says which search
+    structure `SceneMap.save` stores with it (flat, HNSW, IVF-PQ, PCA).
     """
     from ..index.descriptor_index import DescriptorIndex
 
+    config = config or GlobalConfig()
     rows = [names.index(im.name) for im in scene.images]
-    scene.global_model, scene.global_network = description, network
+    scene.global_describer = describer
+    scene.global_model = {"describer": describer.identity.summary(), "search": config.search_json()}
     scene.global_index = DescriptorIndex(
-        model_name=description["name"], data_name=scene.metadata.get("source", ""),
+        model_name=describer.name, data_name=scene.metadata.get("source", ""),
         descriptors=np.asarray(descriptors)[rows].astype(np.float32), keyframe_ids=[im.keyframe_id for im in scene.images],
         missions=[im.mission for im in scene.images], names=[im.name for im in scene.images],
         positions=np.stack([im.pose[:3, 3] for im in scene.images]),
@@ -351,5 +407,5 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-__all__ = ["BUILD_MODES", "MapBuildConfig", "MatchCache", "attach_global_index", "build_scene_map", "describe_globally",
-           "import_colmap_model", "select_keyframes", "write_build_outputs"]
+__all__ = ["BUILD_MODES", "MapBuildConfig", "MatchCache", "attach_global_index", "build_scene_map", "choose_build_mode",
+           "describe_globally", "import_colmap_model", "select_keyframes", "write_build_outputs"]

@@ -35,7 +35,6 @@ from ..maps.poses import invert_pose
 from ..maps.types import Camera
 from .absolute_pose import PoseEstimationConfig, estimate_absolute_pose, query_camera
 from .clustering import covisibility_clusters
-from .retrieval import resize_max_side
 from .scene_map import SceneMap
 
 logger = logging.getLogger(__name__)
@@ -149,17 +148,10 @@ class Localizer:
         self._lock = threading.Lock()
         self._global = None
         self._retriever = None
-        if config.num_retrieved and scene.global_index is not None and scene.global_model:
-            from ..extraction import GlobalExtractor
-            from ..index.retriever import Retriever
-            from ..models import load_model
-
-            # A network adapted to the map (k-means clusters) is the map's own, in memory or saved with it.
-            network = scene.global_network if scene.global_network is not None else load_model(
-                scene.global_model["name"], weights=scene.global_model.get("weights"))
-            self._global = GlobalExtractor(network, device=device, fast=config.trace_global_network)
-            self._global_resize = scene.global_model.get("resize_max")
-            self._retriever = Retriever(scene.global_index)
+        if config.num_retrieved and scene.global_index is not None:
+            # Retrieval goes through the index stack with the map's own describer (recorded in its index).
+            self._global = scene.load_global_describer(device=device, fast=config.trace_global_network)
+            self._retriever = scene.load_retriever()
         elif config.num_retrieved and len(scene) > config.num_retrieved:
             logger.warning("the map has no global index: every query is matched against all %d map images",
                            len(scene))
@@ -175,7 +167,7 @@ class Localizer:
         """Map images most similar to the query, best first (all of them without a global index)."""
         if self._retriever is None:
             return list(self.scene.names)
-        descriptor = self._global.describe(resize_max_side(image, self._global_resize))
+        descriptor = self._global.describe(image)
         k = min(self.config.num_retrieved, len(self.scene))
         return [hit.name for hit in self._retriever.retrieve(descriptor, k=k)[0]]
 

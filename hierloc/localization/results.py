@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Iterable
@@ -10,7 +9,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..maps.poses import rotmat_to_qvec, qvec_to_rotmat
-from ..utils.io import atomic_write_text
+from ..utils.io import atomic_write_text, to_json_text
 from .localizer import LocalizationResult, summarize_timings
 
 
@@ -61,5 +60,5 @@ def write_results_json(path: str | os.PathLike, results: list[LocalizationResult
         **(extra or {}),
         "queries": [r.to_json() for r in results],
     }
-    atomic_write_text(path, json.dumps(payload, indent=2))
+    atomic_write_text(path, to_json_text(payload, indent=2))
     return Path(path)

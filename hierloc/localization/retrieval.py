@@ -1,78 +1,91 @@
-"""The global (retrieval) stage of a 3-D map: which network, its input size, and adapting it to the map."""
+"""The global (retrieval) stage of a 3-D map: which describer, its index and search structure.
+
+A 3-D map retrieves through the same stack as any index (`hierloc.index`): its `global_index.h5`
+is a native index file with the map's describer recorded in it (weights beside it in the map
+folder) and the search structure chosen at build time (flat, HNSW, IVF-PQ, optional PCA), or the
+rows of an existing index built by the same describer.
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
 
-import cv2
 import numpy as np
+from tqdm import tqdm
+
+from ..describers import Describer, make_describer
 
 logger = logging.getLogger(__name__)
-
-TRAINED_WEIGHTS = "mobilenetvlad_depth-0.35"
 
 
 @dataclass
 class GlobalConfig:
-    """Global descriptor network for retrieval; `model` 'auto', 'none' or a name of hierloc.models.MODEL_SPECS."""
+    """Retrieval of a 3-D map. `model`: any `hierloc.describers.make_describer` spelling, or 'none' (no retrieval).
 
-    model: str = "auto"
-    weights: str = "auto"
-    resize_max: int = 640  # longest side of the image given to the network (retrieval needs no detail)
-
-
-def resize_max_side(image: np.ndarray, resize_max: int | None) -> np.ndarray:
-    """The image shrunk (area interpolation) so that its longest side is at most `resize_max`."""
-    height, width = image.shape[:2]
-    if not resize_max or max(height, width) <= resize_max:
-        return image
-    scale = resize_max / max(height, width)
-    size = (max(1, int(round(width * scale))), max(1, int(round(height * scale))))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-
-
-def needs_adaptation(config: GlobalConfig) -> bool:
-    """Whether `prepare_global_model` will initialise NetVLAD clusters on the map images."""
-    if config.model in ("none", None):
-        return False
-    if config.model == "auto":
-        from ..models.weights import WeightsNotFoundError, resolve_weights
-
-        try:
-            resolve_weights(TRAINED_WEIGHTS)
-            return False
-        except WeightsNotFoundError:
-            return True
-    return config.model == "mobilenetvlad_imagenet" and config.weights in ("auto", None)
-
-
-def prepare_global_model(config: GlobalConfig, map_images: Sequence[np.ndarray] | None = None):
-    """(network, {"name", "weights", "resize_max"}, adapted) for a map; None, None, False when retrieval is off.
-
-    'auto' takes the trained MobileNetVLAD when its weights are installed; otherwise the ImageNet
-    MobileNetV2 + NetVLAD whose clusters are initialised by k-means on the map images (the
-    standard start of NetVLAD without training); that adapted network is saved with the map.
+    'auto' takes the trained MobileNetVLAD when installed, else ImageNet MobileNetV2 + NetVLAD with
+    its clusters initialised by k-means on the map images; `index`: an existing index file whose
+    describer (and descriptors of the same keyframes, by name) the map reuses.
     """
-    from ..extraction import image_to_tensor
-    from ..models import load_model
-    from ..models.aggregation import initialize_vlad_clusters
 
-    if config.model in ("none", None):
-        return None, None, False
-    adapt = needs_adaptation(config)
-    if config.model == "auto" and not adapt:
-        name, weights = "mobilenetvlad", TRAINED_WEIGHTS
-    elif adapt:
-        name, weights = "mobilenetvlad_imagenet", None
-    else:
-        name, weights = config.model, (None if config.weights in (None, "none") else config.weights)
-    model = load_model(name, weights=weights)
-    if adapt:
-        if not map_images:
-            raise ValueError("adapting the global model needs the map images")
-        initialize_vlad_clusters(model, (image_to_tensor(im) for im in map_images), features_per_image=200)
-        logger.info("global model: %s, NetVLAD clusters initialised by k-means on %d map images", name,
-                    len(map_images))
-    return model, {"name": name, "weights": weights, "resize_max": config.resize_max}, adapt
+    model: str | None = "auto"
+    weights: str | None = "auto"
+    search: str = "auto"  # flat, hnsw, ivfpq or auto (`hierloc.index.stored_search`)
+    search_params: dict[str, dict] = field(default_factory=dict)
+    pca_dims: int | None = None
+    index: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the map gets a global index."""
+        return self.index is not None or str(self.model).lower() not in ("none", "")
+
+    def search_json(self) -> dict[str, Any]:
+        """What the map records about its search structure."""
+        return {"kind": self.search, "params": self.search_params, "pca_dims": self.pca_dims}
+
+
+def global_describer(config: GlobalConfig, adaptation_images: Callable[[], Sequence[np.ndarray]] | None,
+                     device: str = "cpu") -> Describer | None:
+    """The map's describer: from `config.index`, or built as `config.model` spells it; None when retrieval is off."""
+    if not config.enabled:
+        return None
+    if config.index is not None:
+        return make_describer(config.index, device=device)
+    # Tracing pays off only over many images; the map's describer describes each map image once.
+    return make_describer(config.model, config.weights, device=device, adaptation_images=adaptation_images)
+
+
+def describe_prepared_images(describer: Describer, images: Sequence[np.ndarray], progress: bool = True,
+                             batch_size: int = 8) -> np.ndarray:
+    """[N, D] descriptors of images already prepared by `describer.prepare`, batched, with a progress bar."""
+    out = np.empty((len(images), describer.descriptor_dim), np.float32)
+    with tqdm(total=len(images), desc="global descriptors", unit="img", disable=not progress) as bar:
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            out[start:start + len(chunk)] = describer.describe_prepared(chunk)
+            bar.update(len(chunk))
+    return out
+
+
+def reuse_index_rows(index_path: str, names: Sequence[str]) -> tuple[np.ndarray, list[int]]:
+    """Descriptors of `names` from an existing index (matched by image name) and the positions it lacks."""
+    from ..index.io import load_index
+
+    index = load_index(index_path)
+    by_name: dict[str, int] = {}
+    for row, name in enumerate(index.names):
+        if name in by_name:
+            by_name[name] = -1  # ambiguous (the same name in two missions): describe it again
+        else:
+            by_name[name] = row
+    out = np.zeros((len(names), index.descriptor_size), np.float32)
+    missing = []
+    for i, name in enumerate(names):
+        row = by_name.get(name, -1)
+        if row < 0:
+            missing.append(i)
+        else:
+            out[i] = index.descriptors[row]
+    return out, missing

@@ -5,8 +5,9 @@ On disk a map is a folder:
     map.json             what built it (features, matcher, global model), the keyframes, statistics
     sfm/                 the COLMAP model (cameras, images with keypoints and point ids, points3D), binary
     features.h5          local features of the keyframes, hloc layout (same keypoint order as sfm/)
-    global_index.h5      global descriptors of the keyframes (hierloc's native index), if retrieval is on
-    global_model.pth     the global network, when it was adapted to this map (k-means initialised)
+    global_index.h5      global descriptors of the keyframes: a hierloc index (describer recorded, search
+                         structure stored) that retrieval goes through, if retrieval is on
+    describer-*.pth      the describer's weights when not in the registry (e.g. adapted to this map)
 
 Poses are T_world_cam (camera-to-world) as everywhere in hierloc; COLMAP stores cam_from_world.
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,13 +28,14 @@ from ..features.h5io import read_features, write_features
 from ..features.types import LocalFeatures
 from ..maps.poses import invert_pose
 from ..maps.types import Camera
-from ..utils.io import atomic_write_text
+from ..utils.io import atomic_write_text, to_json_text
 
 logger = logging.getLogger(__name__)
 
 MAP_FORMAT = "hierloc-scene-map"
 MAP_VERSION = 1
-ADAPTED_MODEL_FILE = "global_model.pth"
+ADAPTED_MODEL_FILE = "global_model.pth"  # maps written before describers were recorded
+GLOBAL_INDEX_FILE = "global_index.h5"
 
 
 class MapFormatError(ValueError):
@@ -82,8 +83,8 @@ class SceneMap:
     feature_config: dict
     matcher_config: dict
     global_index: Any = None  # hierloc.index.DescriptorIndex over `images`, in the same order
-    global_model: dict | None = None  # {"name": model name, "weights": registry name, file or None}
-    global_network: Any = None  # the network itself when it was adapted to this map (saved with it)
+    global_model: dict | None = None  # what map.json says about retrieval (describer summary, search)
+    global_describer: Any = None  # hierloc.describers.Describer in memory (after a build); loaded lazily otherwise
     metadata: dict = field(default_factory=dict)
     root: Path | None = None
 
@@ -144,7 +145,43 @@ class SceneMap:
         return (f"3-D map: {len(self.images)} images, {self.num_points} points, {observations} observations "
                 f"(mean track length {track:.2f}), built by {self.metadata.get('mode', '?')} with "
                 f"{self.feature_config.get('name')} features and {self.matcher_config.get('name')} matching; "
-                f"global retrieval: {self.global_model['name'] if self.global_model else 'off'}")
+                f"global retrieval: {self._retrieval_summary()}")
+
+    def _retrieval_summary(self) -> str:
+        if self.global_index is None:
+            return "off"
+        if self.global_describer is not None:
+            return self.global_describer.identity.summary()
+        model = self.global_model or {}
+        return str(model.get("describer") or model.get("name") or self.global_index.model_name)
+
+    def load_global_describer(self, device: str = "cpu", fast: bool = True):
+        """The describer of the map's global index: the one in memory, or the one recorded in the saved map."""
+        from ..describers import load_artifact_describer
+
+        if self.global_describer is None:
+            if self.root is None:
+                raise MapFormatError("this map has a global index but no describer (neither in memory nor saved)")
+            self.global_describer = load_artifact_describer(self.root, device=device, fast=fast)
+        return self.global_describer
+
+    def load_retriever(self):
+        """A Retriever over the map's images through the index stack (stored search structure when saved)."""
+        from ..index.stored_search import load_retriever, retriever_for_index
+
+        path = self.root / GLOBAL_INDEX_FILE if self.root is not None else None
+        if path is not None and path.is_file():
+            return load_retriever(path, mmap=True)
+        search = (self.global_model or {}).get("search") or {}
+        if search.get("kind", "flat") in ("auto", "flat") and not search.get("pca_dims"):
+            return retriever_for_index(self.global_index)
+        from ..index.stored_search import build_search
+        from ..index.retriever import Retriever
+
+        backend = build_search(self.global_index, search["kind"], search.get("params") or {},
+                               pca_dims=search.get("pca_dims"))
+        return Retriever(self.global_index, pca=self.global_index.pca if search.get("pca_dims") else None,
+                         backend=backend)
 
     # ------------------------------------------------------------------ construction
 
@@ -192,28 +229,32 @@ class SceneMap:
         (folder / "sfm").mkdir(parents=True, exist_ok=True)
         self.reconstruction.write_binary(str(folder / "sfm"))
         write_features(folder / "features.h5", self.features, self.feature_config)
-        if self.global_index is not None:
-            save_index(self.global_index, folder / "global_index.h5")
         global_model = self.global_model
-        if self.global_network is not None:
-            from ..models.checkpoint import save_checkpoint
-
-            save_checkpoint(self.global_network, folder / ADAPTED_MODEL_FILE,
-                            provenance={"adapted_to_map": self.metadata.get("source")})
-            global_model = {**(global_model or {}), "weights": ADAPTED_MODEL_FILE}
-        elif global_model and global_model.get("weights") and Path(global_model["weights"]).is_file():
-            stored = Path(global_model["weights"])
-            if stored.parent.resolve() != folder.resolve():
-                shutil.copyfile(stored, folder / ADAPTED_MODEL_FILE)
-            global_model = {**global_model, "weights": ADAPTED_MODEL_FILE}
+        if self.global_index is not None and self.global_describer is not None:
+            self._save_global_index(folder)
+        elif self.global_index is not None and (self.root is None or Path(self.root).resolve() != folder.resolve()):
+            save_index(self.global_index, folder / GLOBAL_INDEX_FILE)
         description = {
             "format": MAP_FORMAT, "version": MAP_VERSION, "hierloc_version": __version__,
             "features": self.feature_config, "matcher": self.matcher_config, "global_model": global_model,
             "images": [im.to_json() for im in self.images], "metadata": self.metadata,
         }
-        atomic_write_text(folder / "map.json", json.dumps(description, indent=2))
+        atomic_write_text(folder / "map.json", to_json_text(description, indent=2))
         self.root = folder
         return folder
+
+    def _save_global_index(self, folder: Path) -> None:
+        """The global index with its describer record (weights beside it) and its search structure."""
+        from ..describers import METADATA_KEY, describer_record
+        from ..index.stored_search import build_search, save_index_with_search
+
+        search = (self.global_model or {}).get("search") or {}
+        pca_dims = search.get("pca_dims")
+        self.global_index.metadata[METADATA_KEY] = describer_record(self.global_describer, folder)
+        backend = build_search(self.global_index, search.get("kind", "auto"), search.get("params") or {},
+                               pca_dims=pca_dims)
+        save_index_with_search(self.global_index, backend, folder / GLOBAL_INDEX_FILE,
+                               pca=self.global_index.pca if pca_dims else None)
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> "SceneMap":
@@ -250,10 +291,8 @@ class SceneMap:
             images.append(MapImage(entry["name"], entry["keyframe_id"], entry["mission"],
                                    Camera.from_pycolmap(reconstruction.cameras[rec_image.camera_id]),
                                    np.eye(4), Path(entry["image_path"]) if entry.get("image_path") else None))
-        global_index = load_index(folder / "global_index.h5") if (folder / "global_index.h5").is_file() else None
+        global_index = load_index(folder / GLOBAL_INDEX_FILE) if (folder / GLOBAL_INDEX_FILE).is_file() else None
         global_model = description.get("global_model")
-        if global_model and global_model.get("weights") == ADAPTED_MODEL_FILE:
-            global_model = {**global_model, "weights": str(folder / ADAPTED_MODEL_FILE)}
         scene = cls.from_reconstruction(reconstruction, images, features, description["features"],
                                         description["matcher"], global_index=global_index,
                                         global_model=global_model, metadata=description.get("metadata", {}))

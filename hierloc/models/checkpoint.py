@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,22 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(payload).__name__}")
     return payload
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of named tensors (names, dtypes, shapes and values, in name order).
+
+    A fingerprint of weights independent of the file they came in: the same network saved as a
+    checkpoint, kept in memory or exported records the same value.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        # Flattened copy: the bytes in logical order whatever the memory format (channels-last) is.
+        flat = tensor.clone(memory_format=torch.contiguous_format).reshape(-1)
+        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    return digest.hexdigest()
 
 
 def is_hierloc_checkpoint(payload: dict[str, Any]) -> bool:

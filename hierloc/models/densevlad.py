@@ -15,6 +15,9 @@ Choices made for speed on small CPUs (documented in DenseVLADConfig):
 - Tiny images (Nordland's 64x32 frames) are upscaled so that their short side is `min_image_side`
   (64) before sampling: a 16-pixel SIFT patch would otherwise cover half of the frame. On Nordland
   summer -> winter, short sides 48-64 gave the best recall (128 and 256 were worse and slower).
+  Small frames gain nothing from more: on the demo world (160x120 frames, seeds 0-2) a short side
+  of 240 gave recall@1 0.92 / 1.00 / 0.97 against 0.98 / 0.98 / 0.98 at 64, and on Nordland (every
+  10th frame) 17.9 against 18.7, 24 times slower.
 - Flat patches (grey-level standard deviation below `min_patch_contrast` = 5 in the 16-px window)
   are dropped: their SIFT descriptors are zero or amplified noise that all land in one cluster, so
   blank frames, sky and snow became hubs (on Nordland 19 % of winter queries retrieved one of the 68
@@ -22,10 +25,18 @@ Choices made for speed on small CPUs (documented in DenseVLADConfig):
   helped Nordland more (bench/densevlad.py) but would drop real content in dark images.
 - Whitening divides each PCA component by sqrt(eigenvalue + mean eigenvalue): plain whitening of a
   PCA fitted on a few thousand images amplifies the noisy last components and halved recall@1.
+- Small fitting sets keep the raw VLAD: a PCA fitted on n images spans at most n - 1 directions, and
+  projecting a query onto them throws away everything the fitting images did not vary in (on the
+  demo world, 60 frames of 160x120, seeds 0-2, the 59-D whitened descriptor scored recall@1
+  0.95 / 0.98 / 0.97 where the raw 8192-D VLAD scored 0.98 each; on Nordland every 10th frame,
+  358 images, 19.6 / 18.7 at R@1 and 57.3 / 59.2 at R@20). When n - 1 < `min_pca_fraction` (1/2) x
+  min(`pca_dim`, K x 128), `fit` keeps the raw (power- and intra-normalised) VLAD, says so in one log
+  line and records it in `info["pca"]`; between that and `pca_dim` the PCA is capped to n - 1
+  components (with a warning).
 
 A fitted DenseVLAD (vocabulary, PCA and configuration) is one `.npz` file, written atomically. It has
-the extractor interface of hierloc.extraction.GlobalExtractor: `describe`, `describe_batch`,
-`descriptor_dim` (and `name`), so indexing, evaluation and distillation accept it like a network.
+`describe`, `describe_batch` and `descriptor_dim`; `hierloc.describers.DenseVLADDescriber` wraps it in
+the describer contract that indexing, evaluation and distillation use.
 """
 
 from __future__ import annotations
@@ -44,7 +55,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..utils.images import as_uint8, read_image
-from ..utils.io import atomic_path
+from ..utils.io import atomic_path, to_json_text
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +80,10 @@ class DenseVLADConfig:
     num_clusters: int = 64  # vocabulary size K; the raw VLAD has K * 128 dimensions
     power_norm: bool = True  # signed square root of the residual sums
     intra_norm: bool = True  # L2 of each cluster's block (Arandjelovic & Zisserman, CVPR 2013)
-    pca_dim: int | None = 4096  # PCA output size (capped by the number of fitting images - 1); None: raw VLAD
+    pca_dim: int | None = 4096  # PCA output size (capped by the fitting images - 1, see below); None: raw VLAD
+    # PCA only when the fitting VLADs span at least this share of pca_dim (n - 1 >= share x pca_dim);
+    # a smaller fitting set keeps the raw VLAD (see the module documentation).
+    min_pca_fraction: float = 0.5
     whiten: bool = True  # scale every PCA component to unit variance
     whiten_regularization: float = 1.0  # added to eigenvalues, as a share of the mean eigenvalue kept
 
@@ -83,6 +97,17 @@ class DenseVLADConfig:
             raise ValueError(f"num_clusters must be positive, got {self.num_clusters}")
         if self.pca_dim is not None and self.pca_dim < 1:
             raise ValueError(f"pca_dim must be positive or None, got {self.pca_dim}")
+        if not 0.0 <= self.min_pca_fraction <= 1.0:
+            raise ValueError(f"min_pca_fraction must be in [0, 1], got {self.min_pca_fraction}")
+
+    def pca_fits(self, fitting_images: int) -> bool:
+        """Whether a PCA is fitted on this many images: n - 1 >= min_pca_fraction x min(pca_dim, vlad_dim).
+
+        False without a configured PCA, or when the images span too few directions (the raw VLAD is kept).
+        """
+        if self.pca_dim is None:
+            return False
+        return fitting_images - 1 >= max(1.0, self.min_pca_fraction * min(self.pca_dim, self.vlad_dim))
 
     @property
     def vlad_dim(self) -> int:
@@ -356,6 +381,8 @@ class DenseVLAD:
         if config.pca_dim is None:
             return model
         pca_indices = _spread(len(images), pca_images)
+        if not config.pca_fits(len(pca_indices)):
+            return model._without_pca(len(pca_indices))
         vlads = np.stack([model.raw_vlad(_load_item(images[int(i)]))
                           for i in tqdm(pca_indices, desc="DenseVLAD PCA fit", unit="img", disable=not progress)])
         return model.with_pca(vlads)
@@ -369,6 +396,8 @@ class DenseVLAD:
         rank = min(n - 1, vlads.shape[1])
         if rank < 1:
             raise ValueError("the DenseVLAD PCA needs at least 2 fitting images")
+        if not self.config.pca_fits(n):
+            return self._without_pca(n)
         out_dim = min(self.config.pca_dim, rank)
         if out_dim < self.config.pca_dim:
             logger.warning("DenseVLAD: PCA to %d dimensions instead of %d: only %d fitting images",
@@ -388,6 +417,16 @@ class DenseVLAD:
         info = dict(self.info, pca_images=n, pca_dim=out_dim)
         return DenseVLAD(config, self.centroids, mean, matrix.astype(np.float32), eigenvalues, info)
 
+    def _without_pca(self, fitting_images: int) -> "DenseVLAD":
+        """A copy without PCA, for a fitting set too small for the configured PCA (see `pca_fits`)."""
+        c = self.config
+        logger.info("DenseVLAD: %d fitting images span at most %d directions, fewer than %g x %d (min_pca_fraction "
+                    "x pca_dim): keeping the raw %d-D VLAD without PCA-whitening", fitting_images,
+                    max(fitting_images - 1, 0), c.min_pca_fraction, min(c.pca_dim, c.vlad_dim), c.vlad_dim)
+        info = dict(self.info, pca_images=fitting_images,
+                    pca=f"skipped: {fitting_images} fitting images for pca_dim {c.pca_dim}")
+        return DenseVLAD(dataclasses.replace(c), self.centroids, info=info)
+
     # ---------------------------------------------------------------- files
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -396,8 +435,8 @@ class DenseVLAD:
         arrays = {
             "format": np.array(FILE_FORMAT),
             "version": np.array(FILE_FORMAT_VERSION),
-            "config_json": np.array(json.dumps(dataclasses.asdict(self.config))),
-            "info_json": np.array(json.dumps(self.info)),
+            "config_json": np.array(to_json_text(dataclasses.asdict(self.config))),
+            "info_json": np.array(to_json_text(self.info)),
             "centroids": self.centroids,
         }
         if self.pca_matrix is not None:
@@ -449,6 +488,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     """`python -m hierloc.models.densevlad IMAGES... --out FILE`: fit a vocabulary + PCA on images."""
     import argparse
 
+    from ..cli.validators import positive_int
     from ..utils.images import list_images
     from ..utils.threads import configure_threads
 
@@ -457,20 +497,24 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output .npz vocabulary file")
     defaults = DenseVLADConfig()
     parser.add_argument("--detector", default=defaults.detector, choices=["dense", "dog"])
-    parser.add_argument("--num-clusters", type=int, default=defaults.num_clusters)
+    parser.add_argument("--num-clusters", type=positive_int, default=defaults.num_clusters)
     parser.add_argument("--pca-dim", default=str(defaults.pca_dim), help="PCA size, or 'none' for the raw VLAD")
     parser.add_argument("--no-whiten", action="store_true", help="PCA without whitening")
-    parser.add_argument("--grid-step", type=int, default=defaults.grid_step)
-    parser.add_argument("--min-image-side", type=int, default=defaults.min_image_side)
-    parser.add_argument("--max-image-side", type=int, default=defaults.max_image_side)
-    parser.add_argument("--vocabulary-images", type=int, default=500)
-    parser.add_argument("--pca-images", type=int, default=5000)
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--min-pca-fraction", type=float, default=defaults.min_pca_fraction,
+                        help="keep the raw VLAD when the images - 1 are fewer than this share of the PCA size "
+                             f"(default {defaults.min_pca_fraction})")
+    parser.add_argument("--grid-step", type=positive_int, default=defaults.grid_step)
+    parser.add_argument("--min-image-side", type=positive_int, default=defaults.min_image_side)
+    parser.add_argument("--max-image-side", type=positive_int, default=defaults.max_image_side)
+    parser.add_argument("--vocabulary-images", type=positive_int, default=500)
+    parser.add_argument("--pca-images", type=positive_int, default=5000)
+    parser.add_argument("--threads", type=positive_int, default=None)
     args = parser.parse_args(None if argv is None else list(argv))
     configure_threads(args.threads)
     config = DenseVLADConfig(
         detector=args.detector, num_clusters=args.num_clusters, grid_step=args.grid_step,
         pca_dim=None if args.pca_dim.lower() == "none" else int(args.pca_dim), whiten=not args.no_whiten,
+        min_pca_fraction=args.min_pca_fraction,
         min_image_side=args.min_image_side, max_image_side=args.max_image_side)
     paths = [path for path, _ in list_images(args.inputs)]
     if not paths:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from pathlib import Path
 
@@ -12,12 +11,10 @@ import torch
 from .base import GlobalDescriptorModel
 from .checkpoint import CheckpointError, is_hierloc_checkpoint, load_state_dict_strict, read_checkpoint
 from .configs import ModelSpec, config_from_dict, get_model_spec
+from .fetch import ensure_weights
 from .mobilenetvlad import MobileNetVLAD
 from .netvlad import NetVLADModel
 from .triplet import DelfModel, ResNetNetVLAD
-from .weights import WeightsNotFoundError, resolve_weights
-
-logger = logging.getLogger(__name__)
 
 MODEL_CLASSES = {"mobilenetvlad": MobileNetVLAD, "netvlad": NetVLADModel, "resnet_netvlad": ResNetNetVLAD,
                  "delf": DelfModel}
@@ -68,29 +65,24 @@ def load_model(
     name: str,
     weights: str | os.PathLike | None = "auto",
     device: str | torch.device = "cpu",
-    download: bool = False,
+    download: bool = True,
 ) -> GlobalDescriptorModel:
     """A named model ready for inference.
 
-    `weights`: a checkpoint path or weight name; "auto" for the model's default weights when a local
-    copy exists (otherwise the initial network, with a warning); None for the initial network.
-    A hierloc checkpoint's stored configuration overrides the named defaults.
+    `weights`: a checkpoint path or weight name; "auto" for the model's default weights (the initial
+    network for a model that has none); None for the initial network. Named weights without a local
+    copy are downloaded, verified and cached on first use (`hierloc.models.fetch`); when that is not
+    possible (`download=False`, $HIERLOC_OFFLINE=1, no network) WeightsNotFoundError says, in one line,
+    what is missing, where to put it and which command fetches it. The untrained network is never a
+    silent fallback. A hierloc checkpoint's stored configuration overrides the named defaults.
     """
     spec = get_model_spec(name)
-    if weights == "auto" and spec.default_weights:
-        try:
-            # Found default weights load as an explicit path: a converted checkpoint's stored
-            # configuration (e.g. trunk layers kept past the endpoint) must decide the architecture.
-            weights = resolve_weights(spec.default_weights, download=download)
-        except WeightsNotFoundError as exc:
-            logger.warning(
-                "%s; using the initial %s network (%s): its descriptors are deterministic but not trained "
-                "for retrieval. Pass --weights PATH to use trained weights.",
-                exc, name, "ImageNet trunk" if spec.config.__dict__.get("backbone_init") else "seeded random init",
-            )
-            weights = None
-    if weights not in (None, "auto"):
-        path = resolve_weights(weights, download=download)
+    if weights == "auto":
+        weights = spec.default_weights
+    if weights is not None:
+        # Default weights load as an explicit path: a converted checkpoint's stored configuration
+        # (e.g. trunk layers kept past the endpoint) must decide the architecture.
+        path = ensure_weights(weights, download=download)
         payload = read_checkpoint(path)
         if is_hierloc_checkpoint(payload):
             kind = payload.get("model_kind")
@@ -101,18 +93,19 @@ def load_model(
             load_state_dict_strict(model, payload["state_dict"], str(path))
         else:
             model = build_model(name)
-            _init_backbone(model)
+            _init_backbone(model, download)
             _load_weights_file(model, path)
         return model.to(device).eval()
     model = build_model(name)
-    _init_backbone(model)
+    _init_backbone(model, download)
     return model.to(device).eval()
 
 
-def _init_backbone(model: GlobalDescriptorModel) -> None:
+def _init_backbone(model: GlobalDescriptorModel, download: bool = True) -> None:
+    # The trunk initialisation (e.g. ImageNet MobileNetV2) is part of the initial network, fetched like any weights.
     backbone_init = getattr(model.config, "backbone_init", None)
     if backbone_init:
-        path = resolve_weights(backbone_init)
+        path = ensure_weights(backbone_init, download=download)
         state_dict = read_checkpoint(path)
         if hasattr(model, "load_backbone_state_dict"):  # the ResNet models (hierloc.models.triplet)
             model.load_backbone_state_dict(state_dict, str(path))

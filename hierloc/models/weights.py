@@ -1,6 +1,8 @@
-"""Named weights: resolved from an explicit path, the cache folder, installed offline packages, or a URL.
+"""Named weights: the registry (where each file comes from, its SHA-256) and the search for a local copy.
 
-Nothing here downloads unless asked (`download=True`); tests never do.
+This module only looks on disk: an explicit path, the cache folder ($HIERLOC_WEIGHTS_DIR) and installed
+offline packages. Downloading and converting live in `hierloc.models.fetch`, which depends on this
+module and on the converters; this module depends on neither, so converters may import it freely.
 """
 
 from __future__ import annotations
@@ -8,13 +10,11 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
-from ..utils.io import atomic_path
+OFFLINE_ENV = "HIERLOC_OFFLINE"
+WEIGHTS_DIR_ENV = "HIERLOC_WEIGHTS_DIR"
 
 
 @dataclass(frozen=True)
@@ -134,12 +134,17 @@ WEIGHTS: dict[str, WeightSpec] = {
 
 
 class WeightsNotFoundError(FileNotFoundError):
-    """No local copy of a named weight file exists."""
+    """No local copy of a named weight file exists and none could be fetched; the message is one line."""
 
 
 def cache_dir() -> Path:
     """Folder for downloaded and converted weights ($HIERLOC_WEIGHTS_DIR or ~/.cache/hierloc/weights)."""
-    return Path(os.environ.get("HIERLOC_WEIGHTS_DIR", Path.home() / ".cache" / "hierloc" / "weights"))
+    return Path(os.environ.get(WEIGHTS_DIR_ENV, Path.home() / ".cache" / "hierloc" / "weights"))
+
+
+def offline_mode() -> bool:
+    """True when $HIERLOC_OFFLINE asks that nothing be downloaded (1, true, yes or on)."""
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def get_weight_spec(name: str) -> WeightSpec:
@@ -147,6 +152,23 @@ def get_weight_spec(name: str) -> WeightSpec:
     if name not in WEIGHTS:
         raise ValueError(f"unknown weights {name!r}; known: {', '.join(sorted(WEIGHTS))}")
     return WEIGHTS[name]
+
+
+def download_command(name: str) -> str:
+    """The shell command that fetches the named weights into the cache."""
+    return f"hierloc models download {name}"
+
+
+def one_line(text: object) -> str:
+    """`text` with every run of whitespace (newlines included) made one space: error messages stay one line."""
+    return " ".join(str(text).split())
+
+
+def missing_weights_message(spec: WeightSpec, why: str) -> str:
+    """One line: which weights are missing, why, the command that fetches them and where a copy may be put."""
+    destination = cache_dir() / spec.filename
+    return (f"weights {spec.name!r} not found ({one_line(why)}): fetch them with `{download_command(spec.name)}` "
+            f"or put {spec.filename} at {destination}")
 
 
 def _package_file(spec: WeightSpec) -> Path | None:
@@ -175,8 +197,19 @@ def local_candidates(spec: WeightSpec) -> list[Path]:
     return places
 
 
-def resolve_weights(name_or_path: str | os.PathLike, download: bool = False) -> Path:
-    """Path of a weight file: an existing path as is, else the named weights from cache, packages, URL."""
+def find_local_copy(spec: WeightSpec) -> Path | None:
+    """The first existing local copy of `spec` (cache, then installed package), or None."""
+    for candidate in local_candidates(spec):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def resolve_weights(name_or_path: str | os.PathLike) -> Path:
+    """Path of a weight file: an existing path as is, else a local copy of the named weights; never downloads.
+
+    `hierloc.models.fetch.ensure_weights` adds the download on first use.
+    """
     path = Path(name_or_path)
     if path.is_file():
         return path
@@ -184,38 +217,11 @@ def resolve_weights(name_or_path: str | os.PathLike, download: bool = False) -> 
         raise WeightsNotFoundError(f"{name_or_path}: neither a file nor a known weight name "
                                    f"({', '.join(sorted(WEIGHTS))})")
     spec = WEIGHTS[str(name_or_path)]
-    for candidate in local_candidates(spec):
-        if candidate.is_file():
-            return candidate
-    if download and spec.convert_from and spec.sources:
-        return download_and_convert(spec)
-    if download and spec.url:
-        if spec.file_format != "hierloc" or spec.url.rsplit("/", 1)[-1] == spec.filename:
-            return download_file(spec.url, cache_dir() / spec.filename, spec.sha256)
-        original = download_file(spec.url, cache_dir() / "original" / spec.url.rsplit("/", 1)[-1], spec.sha256)
-        raise WeightsNotFoundError(
-            f"{spec.name}: downloaded the original file to {original}; it must be converted to "
-            f"{cache_dir() / spec.filename} with hierloc's converter for its format before use"
-        )
+    local = find_local_copy(spec)
+    if local is not None:
+        return local
     searched = ", ".join(str(p) for p in local_candidates(spec))
-    hint = f"; it can be downloaded from {spec.url}" if spec.url else ""
-    raise WeightsNotFoundError(f"weights {spec.name!r} not found (searched {searched}){hint}")
-
-
-def download_and_convert(spec: WeightSpec) -> Path:
-    """Download the original files of `spec` (kept under the cache's `original/`) and convert them."""
-    from .convert import convert
-
-    folder = cache_dir() / "original"
-    for url, relative, digest in spec.sources:
-        if not (folder / relative).is_file():
-            download_file(url, folder / relative, digest)
-    first = Path(spec.sources[0][1])
-    source = folder / (first.parts[0] if len(first.parts) > 1 else first)
-    destination = cache_dir() / spec.filename
-    convert(spec.convert_from, source, destination)
-    print(f"converted {source} into {destination}")
-    return destination
+    raise WeightsNotFoundError(missing_weights_message(spec, f"searched {searched}"))
 
 
 def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -225,21 +231,3 @@ def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-def download_file(url: str, destination: Path, sha256: str | None) -> Path:
-    """Download `url` to `destination` atomically, verifying the SHA-256 when one is known."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(destination) as tmp:
-        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {destination.name}") as bar:
-                while block := response.read(1 << 20):
-                    out.write(block)
-                    bar.update(len(block))
-        actual = sha256_of(tmp)
-        if sha256 is not None and actual != sha256:
-            raise RuntimeError(f"{url}: checksum mismatch (expected sha256 {sha256}, got {actual}); file discarded")
-    if sha256 is None:
-        print(f"note: no published checksum for {url}; downloaded file sha256 = {actual}")
-    return destination

@@ -12,7 +12,6 @@ skips the images that already have one.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..utils.images import ImageReadError, list_images, read_image
-from ..utils.io import atomic_path, atomic_write_text
+from ..utils.io import atomic_path, atomic_write_text, to_json_text
 from .data import H5_DATASET, preprocess_image
 
 logger = logging.getLogger(__name__)
@@ -125,5 +124,5 @@ def export_descriptors(
     info = {"model": model_label or getattr(describer, "name", type(describer).__name__),
             "descriptor_dim": summary["descriptor_dim"], "preprocessing": {"resize": resize, "grayscale": grayscale},
             "inputs": [str(p) for p in inputs], "images": len(items)}
-    atomic_write_text(out_dir / "export_info.json", json.dumps(info, indent=2))
+    atomic_write_text(out_dir / "export_info.json", to_json_text(info, indent=2))
     return summary

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import http.client
-import json
 import logging
 import os
 import random
@@ -29,7 +28,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ..utils.io import atomic_path, atomic_write_text
+from ..utils.io import atomic_path, atomic_write_text, to_json_text
 
 logger = logging.getLogger(__name__)
 
@@ -219,5 +218,5 @@ def download_landmarks(
             writer = csv.writer(f)
             writer.writerow(["id", "url", "reason"])
             writer.writerows(sorted(failures))
-    atomic_write_text(out_dir / "summary.json", json.dumps(summary.as_dict(), indent=2))
+    atomic_write_text(out_dir / "summary.json", to_json_text(summary.as_dict(), indent=2))
     return summary

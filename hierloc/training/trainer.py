@@ -14,7 +14,6 @@ DistributedDataParallel; on CUDA, `amp` enables float16 autocast with a gradient
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import random
@@ -32,7 +31,7 @@ from tqdm import tqdm
 from ..models.checkpoint import load_state_dict_strict, save_checkpoint
 from ..models.configs import config_from_dict
 from ..models.loading import build_model
-from ..utils.io import atomic_write_text
+from ..utils.io import atomic_write_text, to_json_text
 from .checkpoints import (latest_checkpoint, list_checkpoints, read_training_checkpoint, rng_state,
                           save_training_checkpoint, set_rng_state)
 from .config import dump_config
@@ -382,7 +381,7 @@ def _train(config, experiment, data_root, payload, checkpoint_file, distributed,
             "experiment": str(experiment), "iteration": iteration,
             "validation": history[-1] if history else None})
         writer.close()
-        atomic_write_text(experiment / "training_summary.json", json.dumps(result, indent=2))
+        atomic_write_text(experiment / "training_summary.json", to_json_text(result, indent=2))
         result["model_path"] = str(final_path)
         checkpoints = list_checkpoints(experiment)
         result["checkpoint"] = str(checkpoints[-1][1]) if checkpoints else None

@@ -16,7 +16,7 @@ import torch
 from scipy.spatial import cKDTree
 from torch.utils.data import Dataset
 
-from ..evaluation.ground_truth import relative_rotation_deg
+from ..datasets.ground_truth import relative_rotation_deg
 from .data import DatasetError, ImageCache, preprocess_image
 
 logger = logging.getLogger(__name__)
