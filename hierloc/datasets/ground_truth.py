@@ -17,6 +17,8 @@ import numpy as np
 import scipy.sparse
 from scipy.spatial import cKDTree
 
+from ..utils.safe_npy import load_npy
+
 # Rows of queries handled at once when pairs are tested densely (bounds memory to ~100 MB).
 _PAIR_BLOCK = 2_000_000
 
@@ -253,10 +255,8 @@ def read_ground_truth_file(path: str | os.PathLike, query_names: Sequence[str],
         raise FileNotFoundError(f"{path}: no such ground-truth file")
     nq, nr = len(query_names), len(reference_names)
     if path.suffix.lower() == ".npy":
-        try:
-            data = np.load(path, allow_pickle=True)
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"{path}: not a readable .npy ground-truth file ({exc})") from None
+        # Object arrays (VPR-Bench's layout) are unpickled with numpy types only: a file cannot run code.
+        data = load_npy(path)
         q, r = [], []
         rows = list(data) if data.ndim >= 1 else []
         pairs_layout = data.ndim == 2 and data.shape[1] == 2 and data.dtype == object or (

@@ -23,6 +23,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from ..utils.sampling import spread_rows
 from .base import NETWORK_PREPROCESSING, Describer, DescriberError, Preprocessing
 from .implementations import DenseVLADDescriber, ExportedDescriber, NetworkDescriber
 
@@ -36,7 +37,7 @@ ADAPTATION_IMAGES = 200
 ADAPTATION_FEATURES_PER_IMAGE = 200
 
 
-def _split_spelling(spelling: str) -> tuple[str, str | None]:
+def split_spelling(spelling: str) -> tuple[str, str | None]:
     """'NAME=WEIGHTS' -> (NAME, WEIGHTS); anything else -> (spelling, None). Paths may contain '='."""
     from ..models import MODEL_SPECS
     from ..models.configs import MODEL_ALIASES
@@ -53,7 +54,7 @@ def is_describer_spelling(spelling: str) -> bool:
     from ..models import MODEL_SPECS
     from ..models.configs import MODEL_ALIASES
 
-    name, _ = _split_spelling(spelling)
+    name, _ = split_spelling(spelling)
     return name in MODEL_SPECS or name in MODEL_ALIASES or name in ("densevlad", AUTO) or Path(name).exists()
 
 
@@ -71,7 +72,7 @@ def make_describer(spelling: str, weights: str | os.PathLike | None = "auto", *,
     from ..models.configs import canonical_model_name
 
     spelling = str(spelling)
-    name, spelled_weights = _split_spelling(spelling)
+    name, spelled_weights = split_spelling(spelling)
     if spelled_weights is not None:
         weights = spelled_weights
     if str(weights).lower() == "none":
@@ -178,6 +179,15 @@ def default_describer(map_images: Callable[[], Iterable[np.ndarray]] | None, *, 
     return describer
 
 
+def adaptation_loader(loaders: Sequence[Callable[[], np.ndarray]],
+                      limit: int = ADAPTATION_IMAGES) -> Callable[[], list[np.ndarray]]:
+    """A lazy loader of up to `limit` of the map's images, spread evenly (only read if a describer adapts)."""
+    def load() -> list[np.ndarray]:
+        return [loaders[int(i)]() for i in spread_rows(len(loaders), limit)]
+
+    return load
+
+
 def adapt_to_images(describer: NetworkDescriber, images: Iterable[np.ndarray],
                     max_images: int = ADAPTATION_IMAGES,
                     features_per_image: int = ADAPTATION_FEATURES_PER_IMAGE) -> NetworkDescriber:
@@ -192,7 +202,7 @@ def adapt_to_images(describer: NetworkDescriber, images: Iterable[np.ndarray],
     images = list(images) if not isinstance(images, Sequence) else images
     if not images:
         raise DescriberError("adapting the global network needs at least one map image")
-    rows = np.unique(np.linspace(0, len(images) - 1, min(max_images, len(images))).round().astype(int))
+    rows = spread_rows(len(images), max_images)
     with torch.inference_mode(False):
         initialize_vlad_clusters(describer.model, (image_to_tensor(describer.prepare(images[int(i)])) for i in rows),
                                  features_per_image=features_per_image)

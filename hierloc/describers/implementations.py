@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..extraction.global_descriptors import GlobalExtractor, image_to_tensor
+from ..extraction.global_descriptors import GlobalExtractor, run_by_shape
 from ..models.base import GlobalDescriptorModel
 from ..models.checkpoint import save_checkpoint, tensors_sha256
 from ..models.configs import canonical_model_name
@@ -29,14 +29,7 @@ class TensorDescriber(Describer):
 
     def describe_prepared(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """[N, D] descriptors; images of equal size go through the network together."""
-        tensors = [image_to_tensor(image) for image in images]
-        out = np.empty((len(tensors), self.descriptor_dim), np.float32)
-        by_shape: dict[tuple, list[int]] = {}
-        for i, tensor in enumerate(tensors):
-            by_shape.setdefault(tuple(tensor.shape), []).append(i)
-        for rows in by_shape.values():
-            out[rows] = self.run(torch.cat([tensors[i] for i in rows]))
-        return out
+        return run_by_shape(images, self.run, self.descriptor_dim)
 
 
 class NetworkDescriber(TensorDescriber):
@@ -131,7 +124,11 @@ class DenseVLADDescriber(Describer):
         self.model = model
         arrays = {name: getattr(model, name) for name in ("centroids", "pca_mean", "pca_matrix")
                   if getattr(model, name) is not None}
-        self._sha256 = arrays_sha256(arrays, json.dumps(asdict(model.config), sort_keys=True))
+        # Only settings that differ from their defaults: a field added later with a default that keeps
+        # the old behaviour leaves the fingerprint of existing vocabularies (and the indexes recording it) valid.
+        defaults = asdict(type(model.config)())
+        settings = {key: value for key, value in asdict(model.config).items() if defaults.get(key) != value}
+        self._sha256 = arrays_sha256(arrays, json.dumps(settings, sort_keys=True, default=str))
 
     @property
     def descriptor_dim(self) -> int:

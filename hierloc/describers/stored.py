@@ -261,9 +261,9 @@ def _canonical(name: str) -> str:
 def _spelled_model_name(spelling: str) -> str | None:
     """The model a spelling names without loading it (a name, NAME=WEIGHTS, densevlad), or None for files."""
     from ..models import MODEL_SPECS
-    from .factory import _split_spelling
+    from .factory import split_spelling
 
-    name, _ = _split_spelling(spelling)
+    name, _ = split_spelling(spelling)
     if name == "densevlad" or _canonical(name) in MODEL_SPECS:
         return _canonical(name)
     return None

@@ -10,10 +10,10 @@ must be storage that all nodes and the driver share (NFS, or a cloud URI such as
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import math
 import os
-import pickle
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -60,19 +60,31 @@ class RayConfig:
     object_store_bytes: int | None = None  # only for "local" (default: Ray's choice, at most 2 GiB)
 
 
-def _load_images(batch: dict[str, np.ndarray], preprocessing) -> dict[str, Any]:
-    """Ray Data task: pickled keyframes -> images (decoded and prepared as the describer does) or why they failed."""
+def _encode_image(image: np.ndarray | None) -> bytes:
+    """An image as .npy bytes (any size and dtype, read back without pickle); b'' for a missing one."""
+    if image is None:
+        return b""
+    buffer = io.BytesIO()
+    np.save(buffer, image, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _decode_image(blob: bytes) -> np.ndarray | None:
+    return np.load(io.BytesIO(blob), allow_pickle=False) if blob else None
+
+
+def _load_images(batch: dict[str, np.ndarray], keyframes: Sequence[Keyframe], preprocessing) -> dict[str, Any]:
+    """Ray Data task: keyframe rows -> images (decoded and prepared as the describer does) or why they failed."""
     images, errors = [], []
-    for blob in batch["keyframe"]:
+    for row in batch["row"]:
         try:
-            keyframe: Keyframe = pickle.loads(blob)
-            image = np.ascontiguousarray(preprocessing.apply(keyframe.load_image()))
+            image = np.ascontiguousarray(preprocessing.apply(keyframes[int(row)].load_image()))
             errors.append("")
         except Exception as exc:  # reported per keyframe, as in the local pipeline
             image = None
             errors.append(str(exc) or type(exc).__name__)
-        # Pickled, so that images of any sizes (and missing ones) make one binary column.
-        images.append(pickle.dumps(image, protocol=pickle.HIGHEST_PROTOCOL))
+        # As bytes, so that images of any sizes (and missing ones) make one binary column.
+        images.append(_encode_image(image))
     return {"row": batch["row"], "image": np.array(images, dtype=object), "error": np.array(errors, dtype=object)}
 
 
@@ -95,7 +107,7 @@ class _DescriptorActor:
 
         n = len(batch["row"])
         descriptors = np.full((n, self.extractor.descriptor_dim), np.nan, np.float32)
-        images = [pickle.loads(blob) for blob in batch["image"]]
+        images = [_decode_image(blob) for blob in batch["image"]]
         by_shape: dict[tuple, list[int]] = {}
         for i, image in enumerate(images):
             if image is not None:
@@ -188,9 +200,9 @@ def describe_on_ray(
             actors, cpus_each, gpus_each = _plan_actors(ray, config)
             logger.info("describing %d keyframes on Ray with %d model replicas (%g CPU, %g GPU each)",
                         len(flat), actors, cpus_each, gpus_each)
-            rows = [{"row": i, "keyframe": pickle.dumps(kf)} for i, kf in enumerate(flat)]
+            rows = [{"row": i} for i in range(len(flat))]
             dataset = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / 256)))
-            dataset = dataset.map_batches(_load_images, fn_kwargs={"preprocessing": config.preprocessing},
+            dataset = dataset.map_batches(_load_images, fn_kwargs={"keyframes": flat, "preprocessing": config.preprocessing},
                                           batch_size=config.batch_size, num_cpus=1)
             dataset = dataset.map_batches(
                 _DescriptorActor,

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..extraction.global_descriptors import image_to_tensor, resolve_device
+from ..extraction.global_descriptors import image_to_tensor, resolve_device, run_by_shape
 from ..models.base import LUMA_WEIGHTS
 from .file_format import EXPORT_FORMAT, INPUT_NAME, METADATA_KEY
 
@@ -88,14 +88,7 @@ class ExportedModel:
 
     def describe_batch(self, images: list[np.ndarray]) -> np.ndarray:
         """Images of any sizes -> [N, D]; images of equal size are batched together."""
-        out = np.empty((len(images), self.descriptor_dim), np.float32)
-        groups: dict[tuple, list[int]] = {}
-        tensors = [image_to_tensor(im) for im in images]
-        for i, t in enumerate(tensors):
-            groups.setdefault(tuple(t.shape), []).append(i)
-        for indices in groups.values():
-            out[indices] = self.run(torch.cat([tensors[i] for i in indices]))
-        return out
+        return run_by_shape(images, self.run, self.descriptor_dim)
 
 
 class TorchScriptModel(ExportedModel):

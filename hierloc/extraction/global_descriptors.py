@@ -7,6 +7,7 @@ import copy
 import threading
 import warnings
 from collections import OrderedDict
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -35,6 +36,18 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     else:
         raise ValueError(f"unsupported image dtype {image.dtype}: use uint8, uint16 or float in [0, 1]")
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))[None]
+
+
+def run_by_shape(images: Sequence[np.ndarray], run: Callable[[torch.Tensor], np.ndarray], dim: int) -> np.ndarray:
+    """[N, dim] outputs of `run` over images of any sizes: images of one size go through it as one batch."""
+    tensors = [image_to_tensor(image) for image in images]
+    out = np.empty((len(tensors), dim), np.float32)
+    by_shape: dict[tuple, list[int]] = {}
+    for i, tensor in enumerate(tensors):
+        by_shape.setdefault(tuple(tensor.shape), []).append(i)
+    for rows in by_shape.values():
+        out[rows] = run(torch.cat([tensors[i] for i in rows]))
+    return out
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -165,11 +178,4 @@ class GlobalExtractor:
 
     def describe_batch(self, images: list[np.ndarray]) -> np.ndarray:
         """Images of any sizes -> [N, D]; images of equal size are batched together."""
-        out = np.empty((len(images), self.descriptor_dim), np.float32)
-        by_shape: dict[tuple, list[int]] = {}
-        tensors = [image_to_tensor(im) for im in images]
-        for i, t in enumerate(tensors):
-            by_shape.setdefault(tuple(t.shape), []).append(i)
-        for indices in by_shape.values():
-            out[indices] = self.run(torch.cat([tensors[i] for i in indices]))
-        return out
+        return run_by_shape(images, self.run, self.descriptor_dim)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -13,6 +14,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from ..describers import adaptation_loader
 from ..features import extract_features, make_extractor, make_matcher
 from ..features.h5io import FeatureFileError, read_feature_config, read_matches, write_matches, write_pairs
 from ..features.types import matches_to_pairs
@@ -181,7 +183,8 @@ def build_scene_map(map_: Map, config: MapBuildConfig | None = None, *, exclude:
     # local features (unless cached) and the prepared copies the describer needs.
     t0 = time.perf_counter()
     names = [kf.name for kf in keyframes]
-    describer = global_describer(config.global_model, lambda: _spread_images(keyframes, global_adaptation_images),
+    describer = global_describer(config.global_model,
+                                 adaptation_loader([kf.load_image for kf in keyframes], global_adaptation_images),
                                  config.device)
     timings["global_describer"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -269,12 +272,6 @@ def build_scene_map(map_: Map, config: MapBuildConfig | None = None, *, exclude:
     return scene, report
 
 
-def _spread_images(keyframes: Sequence[Keyframe], count: int) -> list[np.ndarray]:
-    """Images of up to `count` keyframes spread evenly over the list (for adapting a describer)."""
-    rows = np.unique(np.linspace(0, len(keyframes) - 1, min(count, len(keyframes))).round().astype(int))
-    return [keyframes[int(i)].load_image() for i in rows]
-
-
 def describe_globally(describer, prepared: list[np.ndarray], names: list[str], index_path: str | None = None,
                       progress: bool = True) -> np.ndarray:
     """(N, D) descriptors of map images (already prepared by the describer); rows of `index_path` are reused."""
@@ -344,11 +341,8 @@ def import_colmap_model(model_dir: str | os.PathLike, features_path: str | os.Pa
         if all(im.image_path is not None for im in images):
             from ..utils.images import read_image
 
-            def adaptation_images() -> list[np.ndarray]:
-                rows = np.unique(np.linspace(0, len(images) - 1, min(200, len(images))).round().astype(int))
-                return [read_image(images[int(i)].image_path) for i in rows]
-
-            describer = global_describer(global_config, adaptation_images, device)
+            loaders = [functools.partial(read_image, im.image_path) for im in images]
+            describer = global_describer(global_config, adaptation_loader(loaders), device)
             prepared = [describer.prepare(read_image(im.image_path)) for im in images]
             descriptors = describe_globally(describer, prepared, [im.name for im in images], global_config.index,
                                             progress)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import torch
 
 from .. import __version__
+from ..utils.hashing import arrays_sha256
 from ..utils.io import atomic_path
 
 CHECKPOINT_FORMAT = "hierloc-checkpoint"
@@ -55,19 +55,18 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 of named tensors (names, dtypes, shapes and values, in name order).
+    """SHA-256 of named tensors (names, dtypes, shapes and values).
 
     A fingerprint of weights independent of the file they came in: the same network saved as a
     checkpoint, kept in memory or exported records the same value.
     """
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        tensor = tensors[name].detach().cpu()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        # Flattened copy: the bytes in logical order whatever the memory format (channels-last) is.
-        flat = tensor.clone(memory_format=torch.contiguous_format).reshape(-1)
-        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
-    return digest.hexdigest()
+    arrays = {}
+    for name, tensor in tensors.items():
+        tensor = tensor.detach().cpu()
+        # Bytes in logical order whatever the memory format (channels-last) or dtype (bf16 has no numpy type).
+        flat = tensor.clone(memory_format=torch.contiguous_format).reshape(-1).view(torch.uint8)
+        arrays[f"{name}|{tensor.dtype}|{tuple(tensor.shape)}"] = flat.numpy()
+    return arrays_sha256(arrays)
 
 
 def is_hierloc_checkpoint(payload: dict[str, Any]) -> bool:

@@ -55,6 +55,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..utils.images import as_uint8, read_image
+from ..utils.sampling import spread_rows
 from ..utils.io import atomic_path, to_json_text
 
 logger = logging.getLogger(__name__)
@@ -265,13 +266,6 @@ def _load_item(item: Any) -> np.ndarray:
     return read_image(item)
 
 
-def _spread(count: int, limit: int | None) -> np.ndarray:
-    """Up to `limit` indices spread evenly over range(count) (deterministic subsampling)."""
-    if limit is None or count <= limit:
-        return np.arange(count)
-    return np.unique(np.linspace(0, count - 1, limit).round().astype(np.int64))
-
-
 class DenseVLAD:
     """A fitted DenseVLAD: vocabulary + optional PCA-whitening, with GlobalExtractor's interface."""
 
@@ -364,7 +358,7 @@ class DenseVLAD:
             raise ValueError("DenseVLAD.fit needs at least one image")
         rng = np.random.default_rng(seed)
         samples = []
-        for i in tqdm(_spread(len(images), vocabulary_images), desc="DenseVLAD vocabulary features",
+        for i in tqdm(spread_rows(len(images), vocabulary_images), desc="DenseVLAD vocabulary features",
                       unit="img", disable=not progress):
             descriptors = local_descriptors(_load_item(images[int(i)]), config)
             keep = rng.choice(len(descriptors), size=min(descriptors_per_image, len(descriptors)), replace=False)
@@ -380,7 +374,7 @@ class DenseVLAD:
                                                    "vocabulary_descriptors": int(len(features))})
         if config.pca_dim is None:
             return model
-        pca_indices = _spread(len(images), pca_images)
+        pca_indices = spread_rows(len(images), pca_images)
         if not config.pca_fits(len(pca_indices)):
             return model._without_pca(len(pca_indices))
         vlads = np.stack([model.raw_vlad(_load_item(images[int(i)]))

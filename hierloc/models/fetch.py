@@ -21,8 +21,9 @@ from tqdm import tqdm
 
 from ..utils.io import atomic_path
 from .convert import convert
+from ..utils.hashing import file_sha256
 from .weights import (OFFLINE_ENV, WEIGHTS, WeightSpec, WeightsNotFoundError, cache_dir, find_local_copy,
-                      get_weight_spec, missing_weights_message, offline_mode, one_line, resolve_weights, sha256_of)
+                      get_weight_spec, missing_weights_message, offline_mode, one_line, resolve_weights)
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def download_and_convert(spec: WeightSpec, progress: bool = True) -> Path:
     for url, relative, digest in spec.sources:
         target = folder / relative
         # Originals kept from an earlier run are reused when they still match their published checksum.
-        if target.is_file() and (digest is None or sha256_of(target) == digest.lower()):
+        if target.is_file() and (digest is None or file_sha256(target) == digest.lower()):
             continue
         download_file(url, target, digest, progress=progress)
     first = Path(spec.sources[0][1])

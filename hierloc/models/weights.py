@@ -7,7 +7,6 @@ module and on the converters; this module depends on neither, so converters may 
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -222,12 +221,3 @@ def resolve_weights(name_or_path: str | os.PathLike) -> Path:
         return local
     searched = ", ".join(str(p) for p in local_candidates(spec))
     raise WeightsNotFoundError(missing_weights_message(spec, f"searched {searched}"))
-
-
-def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()

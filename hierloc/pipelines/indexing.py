@@ -17,8 +17,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from ..describers import (METADATA_KEY, Describer, DescriberError, describer_for_artifact, describer_record,
-                          make_describer)
+from ..describers import (METADATA_KEY, Describer, DescriberError, adaptation_loader, describer_for_artifact,
+                          describer_record, make_describer)
 from ..index.retriever import Retrieval, Retriever
 
 logger = logging.getLogger(__name__)
@@ -135,16 +135,6 @@ class IndexBuildResult:
     describer_weights: Path | None = None  # the weights file stored beside the index, if any
 
 
-def _keyframe_images(map_) -> Callable[[], list[np.ndarray]]:
-    """Lazy loader of a map's images (for k-means adaptation of the `auto` describer)."""
-    def load() -> list[np.ndarray]:
-        keyframes = list(map_.keyframes())
-        rows = np.unique(np.linspace(0, len(keyframes) - 1, min(200, len(keyframes))).round().astype(int))
-        return [keyframes[int(i)].load_image() for i in rows]
-
-    return load
-
-
 def describe_map(map_, describer: Describer, batch: BatchOptions, store_poses: bool, source: MapSource,
                  weights_spelling: str | None = None, device: str = "auto", precision: str = "auto"):
     """(DescriptorIndex, BuildReport) of the selected keyframes, in this process or on Ray."""
@@ -154,8 +144,8 @@ def describe_map(map_, describer: Describer, batch: BatchOptions, store_poses: b
         from ..distributed import RayConfig, ray_describer
         from ..describers import NetworkDescriber
 
-        if not isinstance(describer, NetworkDescriber) or describer.weights_name is None and weights_spelling in (
-                None, "auto"):
+        named_weights = describer.weights_name is not None or weights_spelling not in (None, "auto")
+        if not isinstance(describer, NetworkDescriber) or not named_weights:
             raise DescriberError("--ray builds the network on every worker from a name and weights: use a named "
                                  "model with its registry weights or --weights FILE")
         config = RayConfig(address=batch.ray, actors=batch.ray_actors, cpus_per_actor=batch.ray_cpus_per_actor,
@@ -184,7 +174,7 @@ def build_index_file(config: IndexBuildConfig) -> IndexBuildResult:
     configure_threads(config.describer.threads)
     map_ = config.source.load()
     selected = map_.select(config.source.missions, config.source.subsampling)
-    describer = config.describer.build(adaptation_images=_keyframe_images(selected))
+    describer = config.describer.build(adaptation_images=adaptation_loader([kf.load_image for kf in selected.keyframes()]))
     index, report = describe_map(map_, describer, config.batch, config.store_poses, config.source,
                                  config.describer.weights, config.describer.device, config.describer.precision)
     index.metadata[METADATA_KEY] = record = describer_record(describer, out.parent)

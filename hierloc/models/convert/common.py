@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ... import __version__
-from ..weights import sha256_of
+from ...utils.hashing import file_sha256
 
 # Bumped whenever a converter's output for the same input changes.
 CONVERTER_VERSION = 1
@@ -99,7 +99,7 @@ class StateBuilder:
 def file_record(path: str | os.PathLike) -> dict[str, Any]:
     """Name, size and SHA-256 of one source file (for the provenance)."""
     path = Path(path)
-    return {"file": path.name, "bytes": path.stat().st_size, "sha256": sha256_of(path)}
+    return {"file": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
 def make_provenance(kind: str, source: str | os.PathLike, files: list[Path], **details: Any) -> dict[str, Any]:
