@@ -113,7 +113,7 @@ def main() -> None:
     map_ = map_.select(["summer", "winter"], 1)
     model = make_model(args.nordland, resize, args.kmeans_images)
 
-    rows, descriptors = [], {}
+    rows = []
     if args.baseline_limit:
         row, _ = run_variant(map_, model, "batch 1, no workers (previous path)", "fp32", 1, 0, resize,
                              min(args.baseline_limit, args.limit or args.baseline_limit))
@@ -141,8 +141,10 @@ def main() -> None:
     results = {"model": MODEL, "resize": resize or "native 64x32", "threads": threads, "rows": rows,
                "torch": torch.__version__, "machine": platform.machine(), "processor": platform.processor(),
                "command": " ".join(sys.argv)}
-    print(f"\nNordland summer + winter, {MODEL}, input {results['resize']}, {threads} threads, torch {torch.__version__}")
-    print(f"{'variant':40s} {'images':>7s} {'img/s':>8s} {'R@1':>6s} {'R@5':>6s} {'R@10':>6s} {'dR@1':>7s} {'cos p01':>8s}")
+    print(f"\nNordland summer + winter, {MODEL}, input {results['resize']}, {threads} threads, "
+          f"torch {torch.__version__}")
+    print(f"{'variant':40s} {'images':>7s} {'img/s':>8s} {'R@1':>6s} {'R@5':>6s} {'R@10':>6s} "
+          f"{'dR@1':>7s} {'cos p01':>8s}")
     for r in rows:
         rec = r.get("recall", {})
         change = r.get("recall_change_vs_first", {}).get("@1")

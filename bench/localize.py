@@ -37,8 +37,13 @@ from pathlib import Path
 
 import numpy as np
 
-from hierloc.evaluation.pose_errors import (align_similarity, format_summary, plot_localization, pose_error,
-                                            summarize_errors)
+from hierloc.evaluation.pose_errors import (
+    align_similarity,
+    format_summary,
+    plot_localization,
+    pose_error,
+    summarize_errors,
+)
 from hierloc.features import make_extractor, make_matcher
 from hierloc.localization import GlobalConfig, Localizer, LocalizerConfig, MapBuildConfig, MatchCache, build_scene_map
 from hierloc.localization.build import attach_global_index
@@ -273,7 +278,8 @@ def main() -> None:
             print(f"{scene:16s} {method:18s} {s['num_localized']:3d}/{s['num_queries']:<2d} {recall[0]:8.1f}% "
                   f"{recall[1]:8.1f}% {recall[2]:7.1f}% {100 * s['median_translation_m']:7.2f} "
                   f"{s['median_rotation_deg']:8.3f} | {timings} {1000 * s['median_cpu_s']:6.0f}")
-    print("timings: median milliseconds per query and stage (wall clock; cpu = CPU time of the process for the whole query)")
+    print("timings: median milliseconds per query and stage "
+          "(wall clock; cpu = CPU time of the process for the whole query)")
     for method, data in report["scenes"].get("synthetic", {}).items():
         batch = data["summary"]["batch_s_per_query"]
         print(f"synthetic batch mode, {method}: {1000 * batch['sequential']:.0f} ms per query with stages in sequence, "

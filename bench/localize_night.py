@@ -38,8 +38,10 @@ METHODS = {
 def main() -> None:
     """Build, localize, report."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "sacre_coeur")
-    parser.add_argument("--methods", default="sift,aliked+lightglue", help=f"comma-separated, from {', '.join(METHODS)}")
+    parser.add_argument("--data", type=Path,
+                        default=Path(__file__).resolve().parents[2] / "shared" / "data" / "sacre_coeur")
+    parser.add_argument("--methods", default="sift,aliked+lightglue",
+                        help=f"comma-separated, from {', '.join(METHODS)}")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("outputs/bench_night"))
     parser.add_argument("--json", type=Path, default=None)

@@ -154,7 +154,8 @@ def mixture_generator(keyframes_per_place: int, seed: int = 0) -> DescriptorGene
     spectrum = (np.arange(1, rank + 1, dtype=np.float32) ** -0.7)
     between = LowRankGaussian(directions.T.astype(np.float32), (spectrum / np.linalg.norm(spectrum)).astype(np.float32),
                               residual_std=0.002)
-    within = LowRankGaussian(directions.T.astype(np.float32), (0.45 * spectrum / np.linalg.norm(spectrum)).astype(np.float32),
+    within = LowRankGaussian(directions.T.astype(np.float32),
+                             (0.45 * spectrum / np.linalg.norm(spectrum)).astype(np.float32),
                              residual_std=0.004)
     anchors = _unit(between.sample(rng, 8192))
     return DescriptorGenerator(anchors, between, within, place_spread=0.5, keyframes_per_place=keyframes_per_place,
@@ -470,7 +471,8 @@ def main() -> None:
     parser.add_argument("--latency-queries", type=int, default=300, help="queries timed one by one")
     parser.add_argument("--target-recall", type=float, default=0.95)
     parser.add_argument("--hnsw-ef-construction", type=int, default=80)
-    parser.add_argument("--methods", default=None, help="only methods whose name contains one of these (comma-separated)")
+    parser.add_argument("--methods", default=None,
+                        help="only methods whose name contains one of these (comma-separated)")
     parser.add_argument("--max-memory-gb", type=float, default=6.0, help="largest database matrix to generate")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)

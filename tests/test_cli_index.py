@@ -8,12 +8,11 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import shared_path
 
 from hierloc.cli.main import main
 from hierloc.index.io import load_index
 from hierloc.maps.synthetic import make_synthetic_map, write_synthetic_dataset
-
-from conftest import shared_path
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +28,8 @@ def built_index(world_folder, tmp_path_factory):
     root, world = world_folder
     out = tmp_path_factory.mktemp("index") / "map.h5"
     first = list(world.missions)[0]
-    assert main(["index", "build", str(root), "--out", str(out), "--model", "mobilenetvlad", "--weights", "none", "--mission", first,
-                 "--store-poses", "--subsampling", "2"]) == 0
+    assert main(["index", "build", str(root), "--out", str(out), "--model", "mobilenetvlad", "--weights", "none",
+                 "--mission", first, "--store-poses", "--subsampling", "2"]) == 0
     return out, world, first
 
 
@@ -93,8 +92,8 @@ def test_proto_index_round_trip_through_convert_and_info(built_index, tmp_path, 
 
 def test_index_build_format_proto_spelling(world_folder, tmp_path):
     out = tmp_path / "map.bin"
-    assert main(["index", "build", str(world_folder[0]), "--out", str(out), "--model", "mobilenetvlad", "--weights", "none",
-                 "--format", "proto", "--subsampling", "4"]) == 0
+    assert main(["index", "build", str(world_folder[0]), "--out", str(out), "--model", "mobilenetvlad",
+                 "--weights", "none", "--format", "proto", "--subsampling", "4"]) == 0
     assert out.read_bytes()[:1] != b"\x89"  # protobuf, not HDF5
     assert len(load_index(out)) == 4
 
@@ -128,7 +127,8 @@ def test_nordland_index_query_and_time_query(tmp_path):
     summer.mkdir()
     for image in sorted((nordland / "summer").glob("*.png"))[:40]:
         (summer / image.name).symlink_to(image)
-    assert main(["index", "build", str(summer), "--out", str(out), "--model", "mobilenetvlad", "--weights", "none"]) == 0
+    assert main(["index", "build", str(summer), "--out", str(out), "--model", "mobilenetvlad",
+                 "--weights", "none"]) == 0
     json_path = tmp_path / "t.json"
     assert main(["time-query", str(out), "--queries", str(nordland / "winter"), "--max-queries", "5",
                  "--json", str(json_path)]) == 0

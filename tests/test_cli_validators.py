@@ -7,8 +7,7 @@ import argparse
 import pytest
 
 from hierloc.cli.main import build_parser, main
-from hierloc.cli.validators import (field_of_view, non_negative_float, non_negative_int, positive_float,
-                                    positive_int)
+from hierloc.cli.validators import field_of_view, non_negative_float, non_negative_int, positive_float, positive_int
 
 
 def test_validators_accept_and_refuse():

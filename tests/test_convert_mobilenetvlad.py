@@ -15,15 +15,15 @@ import urllib.request
 import numpy as np
 import pytest
 import torch
-
 from conftest import shared_path
-from hierloc.utils.hashing import file_sha256
+
 from hierloc.cli.main import main
 from hierloc.models import load_model, read_checkpoint
 from hierloc.models import weights as registry
 from hierloc.models.convert import ConversionError, TensorBundleReader, convert_tf_mobilenetvlad, write_tensor_bundle
 from hierloc.models.convert.common import CONVERTER_VERSION
 from hierloc.models.fetch import fetch_weights
+from hierloc.utils.hashing import file_sha256
 
 DEPTH = 0.35
 # TF-slim mobilenet_v2 V2_DEF: (expansion, output channels, stride) of the 17 expanded_conv blocks.

@@ -67,7 +67,8 @@ def write_struct_mat(path, a, average_image=AVERAGE_RGB.reshape(1, 1, 3)) -> Non
          "stride": 1.0},
         {"type": "custom", "name": "finalL2"},
     ]
-    scipy.io.savemat(path, {"net": {"layers": cell(*layers), "meta": {"normalization": {"averageImage": average_image}}}})
+    scipy.io.savemat(path, {"net": {"layers": cell(*layers),
+                                    "meta": {"normalization": {"averageImage": average_image}}}})
 
 
 def write_tf_checkpoint(prefix, a) -> None:
@@ -136,7 +137,8 @@ def test_mat_and_tf_forms_convert_to_the_same_model_that_matches_numpy(arrays, t
     assert from_mat["config"]["num_clusters"] == K and from_mat["config"]["whitening_dim"] == N
     assert from_tf["variables"] == 31 and from_tf["ignored"] == {} and len(from_tf["mapping"]) == 31
     assert from_mat["source_files"][0]["file"] == "Pitts30K_struct.mat" and len(from_mat["mapping"]) == 31
-    mat_state, tf_state = read_checkpoint(tmp_path / "mat.pth")["state_dict"], read_checkpoint(tmp_path / "tf.pth")["state_dict"]
+    mat_state = read_checkpoint(tmp_path / "mat.pth")["state_dict"]
+    tf_state = read_checkpoint(tmp_path / "tf.pth")["state_dict"]
     assert all(torch.equal(mat_state[k], tf_state[k]) for k in mat_state)
 
     model = load_model("netvlad", weights=tmp_path / "mat.pth")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_convert_mobilenetvlad import nhwc, random_values, ref_block, ref_stem, released_variable_shapes
 
 from hierloc.cli.main import main
 from hierloc.models import build_model, load_torchvision_mobilenetv2, read_checkpoint
 from hierloc.models.convert import ConversionError, convert_slim_mobilenetv2, write_tensor_bundle
 from hierloc.models.convert.mobilenetv2_slim import infer_depth_multiplier
-from test_convert_mobilenetvlad import nhwc, random_values, ref_block, ref_stem, released_variable_shapes
 
 EMA = "/ExponentialMovingAverage"
 

@@ -7,11 +7,17 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import shared_path
+
 from hierloc.models.convert import crc32c as crc
-from hierloc.models.convert.tf_checkpoint import (CheckpointFormatError, TensorBundleReader, read_table,
-                                                  resolve_checkpoint_prefix, write_table, write_tensor_bundle)
+from hierloc.models.convert.tf_checkpoint import (
+    CheckpointFormatError,
+    TensorBundleReader,
+    read_table,
+    resolve_checkpoint_prefix,
+    write_table,
+    write_tensor_bundle,
+)
 
 # Written by TensorFlow 2.21 (tf.raw_ops.SaveV2) from the TF_TINY_VALUES below.
 TF_TINY_INDEX = (

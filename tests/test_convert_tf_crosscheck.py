@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import shared_path
+
 from hierloc.models import load_model
 from hierloc.models.convert import TensorBundleReader, convert_tf_mobilenetvlad, write_tensor_bundle
 from hierloc.utils.images import read_image

@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 
 from hierloc.datasets import detect_dataset_kind, load_dataset, read_folders, read_nordland, read_strecha
-from hierloc.datasets.nclt import (NcltPreprocessing, interpolate_planar_poses, make_pose_files, read_ground_truth_csv,
-                                   read_nclt, read_pose_file, read_undistortion_map)
+from hierloc.datasets.nclt import (
+    NcltPreprocessing,
+    interpolate_planar_poses,
+    make_pose_files,
+    read_ground_truth_csv,
+    read_nclt,
+    read_pose_file,
+    read_undistortion_map,
+)
 from hierloc.maps.poses import write_tum
 
 

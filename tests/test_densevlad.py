@@ -9,8 +9,15 @@ import cv2
 import numpy as np
 import pytest
 
-from hierloc.models.densevlad import (DenseVLAD, DenseVLADConfig, load_densevlad, local_descriptors, main, root_sift,
-                                      vlad)
+from hierloc.models.densevlad import (
+    DenseVLAD,
+    DenseVLADConfig,
+    load_densevlad,
+    local_descriptors,
+    main,
+    root_sift,
+    vlad,
+)
 
 SMALL = DenseVLADConfig(num_clusters=8, pca_dim=6, grid_step=8, scales=(1.0, 0.5))
 

@@ -8,9 +8,17 @@ import numpy as np
 import pytest
 
 from hierloc.cli.main import main
-from hierloc.describers import (DescriberError, DescriberMismatchError, Preprocessing, adapt_to_images,
-                                describer_for_artifact, describer_record, load_artifact_describer,
-                                load_recorded_describer, make_describer)
+from hierloc.describers import (
+    DescriberError,
+    DescriberMismatchError,
+    Preprocessing,
+    adapt_to_images,
+    describer_for_artifact,
+    describer_record,
+    load_artifact_describer,
+    load_recorded_describer,
+    make_describer,
+)
 from hierloc.index.io import load_index
 from hierloc.maps.synthetic import make_synthetic_map, write_synthetic_dataset
 from hierloc.pipelines.indexing import DescriberChoice, QueryConfig, query_index
@@ -40,7 +48,8 @@ def test_preprocessing_policy_and_round_trip():
 def test_record_round_trip_verifies_the_weights(tmp_path):
     describer = make_describer("mobilenetvlad=none")
     record = describer_record(describer, tmp_path)
-    assert record["weights_file"].startswith("describer-mobilenetvlad-") and (tmp_path / record["weights_file"]).is_file()
+    assert (record["weights_file"].startswith("describer-mobilenetvlad-")
+            and (tmp_path / record["weights_file"]).is_file())
     again = load_recorded_describer(record, tmp_path, "test")
     assert again.identity == describer.identity
     image = np.random.default_rng(0).integers(0, 255, (120, 160, 3), np.uint8)

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.spatial.transform import Rotation
 
-from hierloc.evaluation import (GroundTruth, cumulative_true_false_positives, ground_truth_from_names,
-                                ground_truth_from_planar_poses, ground_truth_from_poses, pose_ground_truth,
-                                precision_recall_curve, ranking_metrics, read_ground_truth_file, recall_at_n)
+from hierloc.evaluation import (
+    GroundTruth,
+    cumulative_true_false_positives,
+    ground_truth_from_names,
+    ground_truth_from_planar_poses,
+    ground_truth_from_poses,
+    pose_ground_truth,
+    precision_recall_curve,
+    ranking_metrics,
+    read_ground_truth_file,
+    recall_at_n,
+)
 from hierloc.evaluation.retrieval import rank_references
 from hierloc.maps.poses import make_pose
-from scipy.spatial.transform import Rotation
 
 
 def test_recall_at_n_leaves_out_queries_without_truth_and_ignores_missing_results():

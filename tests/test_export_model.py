@@ -10,8 +10,15 @@ import pytest
 import torch
 
 from hierloc.cli.main import main
-from hierloc.export import (ExportedModelError, check_parity, export_onnx, export_torchscript, exported_model_name,
-                            is_exported_model, load_exported_model)
+from hierloc.export import (
+    ExportedModelError,
+    check_parity,
+    export_onnx,
+    export_torchscript,
+    exported_model_name,
+    is_exported_model,
+    load_exported_model,
+)
 from hierloc.extraction import GlobalExtractor
 from hierloc.models import build_model, save_checkpoint
 

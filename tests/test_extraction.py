@@ -8,13 +8,12 @@ import cv2
 import h5py
 import numpy as np
 import pytest
+from conftest import shared_path
 
 from hierloc.cli.main import main
 from hierloc.extraction import GlobalExtractor, extract_global_descriptors, read_global_descriptors
 from hierloc.models import build_model
 from hierloc.utils.images import ImageReadError
-
-from conftest import shared_path
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +80,8 @@ def test_concurrent_single_image_calls_equal_serial_ones(extractor):
 
 def test_extract_command(image_folder, tmp_path, capsys):
     out = tmp_path / "cli.h5"
-    assert main(["extract", str(image_folder), "--out", str(out), "--model", "mobilenetvlad", "--weights", "none", "--threads", "2"]) == 0
+    assert main(["extract", str(image_folder), "--out", str(out), "--model", "mobilenetvlad", "--weights", "none",
+                 "--threads", "2"]) == 0
     assert str(out) in capsys.readouterr().out
     names, descriptors = read_global_descriptors(out)
     assert len(names) == 5 and descriptors.shape == (5, 4096)

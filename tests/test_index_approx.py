@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from hierloc.cli.main import main
-from hierloc.index import DescriptorIndex, Retriever, make_backend, stable_id
-from hierloc.index import native_format
+from hierloc.index import DescriptorIndex, Retriever, make_backend, native_format, stable_id
 from hierloc.index.approximate import (
     AUTO_HNSW_FROM,
     AUTO_IVFPQ_FROM,

@@ -124,23 +124,30 @@ def test_similarity_alignment_recovers_scale_rotation_and_translation(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("search", ["flat", "hnsw"])
-def test_retrieval_picks_the_place_and_the_adapted_network_travels_with_the_map(tmp_path, search):
+def test_retrieval_picks_the_place_and_the_adapted_network_travels_with_the_map(tmp_path):
     world = make_synthetic_map(num_missions=2, frames_per_mission=10, image_size=(320, 240), seed=3)
     config = MapBuildConfig(features="sift", pairs="sequential", num_neighbors=2,
-                            global_model=GlobalConfig(model="mobilenetvlad_imagenet", search=search))
+                            global_model=GlobalConfig(model="mobilenetvlad_imagenet", search="flat"))
     scene, _ = build_scene_map(world.select(["day"]), config, progress=False)
     assert scene.global_index is not None and len(scene.global_index) == len(scene)
     assert scene.global_describer.weights_name is None  # k-means initialised on this map: saved with it
     scene.save(tmp_path / "map")
     record = json.loads(h5py.File(tmp_path / "map" / "global_index.h5", "r").attrs["metadata_json"])["describer"]
     assert (tmp_path / "map" / record["weights_file"]).is_file()
-    assert Localizer.load(tmp_path / "map")._retriever.backend.name == search  # the stored search structure serves
-    localizer = Localizer.load(tmp_path / "map", LocalizerConfig(num_retrieved=3, trace_global_network=False))
+    # The same map with an HNSW global index: the stored structure serves retrieval, with the same poses.
+    scene.global_model["search"]["kind"] = "hnsw"
+    scene.save(tmp_path / "map_hnsw")
+    localizers = {kind: Localizer.load(tmp_path / folder, LocalizerConfig(num_retrieved=3, trace_global_network=False))
+                  for kind, folder in (("flat", "map"), ("hnsw", "map_hnsw"))}
+    assert {kind: loc._retriever.backend.name for kind, loc in localizers.items()} == {"flat": "flat", "hnsw": "hnsw"}
     query = world.missions["dusk"].keyframes[2]
-    result = localizer.localize(query.load_image(), query.camera, "q")
+    result = localizers["flat"].localize(query.load_image(), query.camera, "q")
     assert len(result.retrieved) == 3 and set(result.place) <= set(result.retrieved)
     assert result.timings["retrieval"] > 0
+    with_hnsw = localizers["hnsw"].localize(query.load_image(), query.camera, "q")
+    assert with_hnsw.retrieved == result.retrieved and with_hnsw.success == result.success
+    if result.success:
+        np.testing.assert_allclose(with_hnsw.T_cam_world, result.T_cam_world, atol=1e-9)
     # The same retrieval as the in-memory map: the saved network is the adapted one.
     in_memory = Localizer(scene, LocalizerConfig(num_retrieved=3, trace_global_network=False))
     assert in_memory.retrieve(query.load_image()) == result.retrieved

@@ -86,7 +86,8 @@ def test_tum_reader_comments_and_quaternion_order(tmp_path):
     path.write_text("# ground truth\n# timestamp tx ty tz qx qy qz qw\n\n1.0 1 2 3 0 0 0.7071068 0.7071068\n")
     table = read_pose_file(path)
     np.testing.assert_allclose(table.poses[0][:3, 3], [1, 2, 3])
-    np.testing.assert_allclose(table.poses[0][:3, :3], Rotation.from_euler("z", 90, degrees=True).as_matrix(), atol=1e-6)
+    np.testing.assert_allclose(table.poses[0][:3, :3], Rotation.from_euler("z", 90, degrees=True).as_matrix(),
+                               atol=1e-6)
 
 
 def test_kitti_reader(tmp_path):
@@ -120,7 +121,8 @@ def test_csv_variants(tmp_path):
     # Whitespace separated, degrees, roll/pitch/yaw.
     path = tmp_path / "a.txt"
     path.write_text("t x y z roll pitch yaw\n0.0 1 2 3 0 0 1.5\n")
-    np.testing.assert_allclose(read_pose_file(path).poses[0][:3, :3], Rotation.from_euler("z", 1.5).as_matrix(), atol=1e-12)
+    np.testing.assert_allclose(read_pose_file(path).poses[0][:3, :3], Rotation.from_euler("z", 1.5).as_matrix(),
+                               atol=1e-12)
     path = tmp_path / "b.csv"
     path.write_text("timestamp;tx;ty;heading_deg\n0;1;2;90\n")
     assert yaw_of(read_pose_file(path).poses[0]) == pytest.approx(np.pi / 2)
@@ -216,7 +218,8 @@ def test_association_errors():
 def test_strecha_camera_reader(tmp_path):
     R = Rotation.from_euler("xyz", [10, 20, 30], degrees=True).as_matrix()
     C = np.array([1.0, -2.0, 3.0])
-    rows = ["1000 0 760", "0 1001 500", "0 0 1", "0 0 0", *(" ".join(f"{v:.17g}" for v in r) for r in R), " ".join(f"{v:.17g}" for v in C), "1536 1024"]
+    rows = ["1000 0 760", "0 1001 500", "0 0 1", "0 0 0", *(" ".join(f"{v:.17g}" for v in r) for r in R),
+            " ".join(f"{v:.17g}" for v in C), "1536 1024"]
     path = tmp_path / "0000.jpg.camera"
     path.write_text("\n".join(rows) + "\n")
     camera, pose = read_strecha_camera(path)

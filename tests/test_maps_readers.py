@@ -130,7 +130,8 @@ def build_colmap_model(folder: Path, names: list[str], poses: np.ndarray) -> Non
         qvec, tvec = pose_to_colmap(T)
         w, x, y, z = qvec
         cam_from_world = pycolmap.Rigid3d(pycolmap.Rotation3d(np.array([x, y, z, w])), tvec)
-        reconstruction.add_image_with_trivial_frame(pycolmap.Image(name=name, camera_id=1, image_id=image_id), cam_from_world)
+        reconstruction.add_image_with_trivial_frame(pycolmap.Image(name=name, camera_id=1, image_id=image_id),
+                                                    cam_from_world)
     folder.mkdir(parents=True, exist_ok=True)
     reconstruction.write(str(folder))
 

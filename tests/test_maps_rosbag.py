@@ -28,7 +28,8 @@ def make_image(k: int, width: int = 16, height: int = 12) -> np.ndarray:
 def header(ts, store: Stores, seconds: float, frame: str = "cam"):
     Header, Time = ts.types["std_msgs/msg/Header"], ts.types["builtin_interfaces/msg/Time"]
     stamp = Time(sec=int(seconds), nanosec=int(round((seconds % 1) * 1e9)))
-    return Header(seq=0, stamp=stamp, frame_id=frame) if store == Stores.ROS1_NOETIC else Header(stamp=stamp, frame_id=frame)
+    return (Header(seq=0, stamp=stamp, frame_id=frame) if store == Stores.ROS1_NOETIC
+            else Header(stamp=stamp, frame_id=frame))
 
 
 def raw_image_msg(ts, store, seconds, image: np.ndarray, encoding: str, pad: int = 0):
@@ -52,7 +53,8 @@ def raw_image_msg(ts, store, seconds, image: np.ndarray, encoding: str, pad: int
 def compressed_msg(ts, store, seconds, image: np.ndarray):
     ok, encoded = cv2.imencode(".png", image[:, :, ::-1])
     assert ok
-    return ts.types["sensor_msgs/msg/CompressedImage"](header=header(ts, store, seconds), format="png", data=encoded.reshape(-1))
+    return ts.types["sensor_msgs/msg/CompressedImage"](header=header(ts, store, seconds), format="png",
+                                                       data=encoded.reshape(-1))
 
 
 def pose_msgs(ts, store, seconds, x: float):
@@ -64,7 +66,8 @@ def pose_msgs(ts, store, seconds, x: float):
 
 def odometry_msg(ts, store, seconds, x: float):
     pose = pose_msgs(ts, store, seconds, x).pose
-    PoseWithCovariance, TwistWithCovariance = ts.types["geometry_msgs/msg/PoseWithCovariance"], ts.types["geometry_msgs/msg/TwistWithCovariance"]
+    PoseWithCovariance = ts.types["geometry_msgs/msg/PoseWithCovariance"]
+    TwistWithCovariance = ts.types["geometry_msgs/msg/TwistWithCovariance"]
     Twist, Vector3 = ts.types["geometry_msgs/msg/Twist"], ts.types["geometry_msgs/msg/Vector3"]
     zero = Vector3(x=0.0, y=0.0, z=0.0)
     return ts.types["nav_msgs/msg/Odometry"](
@@ -75,9 +78,12 @@ def odometry_msg(ts, store, seconds, x: float):
 
 
 def transform_msg(ts, store, seconds, x: float):
-    Vector3, Quaternion, Transform = ts.types["geometry_msgs/msg/Vector3"], ts.types["geometry_msgs/msg/Quaternion"], ts.types["geometry_msgs/msg/Transform"]
-    transform = Transform(translation=Vector3(x=x, y=1.0, z=2.0), rotation=Quaternion(x=0.0, y=0.0, z=np.sqrt(0.5), w=np.sqrt(0.5)))
-    return ts.types["geometry_msgs/msg/TransformStamped"](header=header(ts, store, seconds, "map"), child_frame_id="cam", transform=transform)
+    Vector3, Quaternion = ts.types["geometry_msgs/msg/Vector3"], ts.types["geometry_msgs/msg/Quaternion"]
+    Transform = ts.types["geometry_msgs/msg/Transform"]
+    transform = Transform(translation=Vector3(x=x, y=1.0, z=2.0),
+                          rotation=Quaternion(x=0.0, y=0.0, z=np.sqrt(0.5), w=np.sqrt(0.5)))
+    return ts.types["geometry_msgs/msg/TransformStamped"](header=header(ts, store, seconds, "map"),
+                                                          child_frame_id="cam", transform=transform)
 
 
 def camera_info_msg(ts, store, seconds):
@@ -188,7 +194,8 @@ def test_rosbag_errors(tmp_path):
     path = tmp_path / "small.bag"
     write_bag(path, store, [("/cam", T0, raw_image_msg(ts, store, T0, make_image(0), "rgb8")),
                             ("/pose", T0 + 5, pose_msgs(ts, store, T0 + 5, 0.0))])
-    with pytest.raises(ValueError, match=r"no image topic '/camera'; topics in the bag: /cam \(sensor_msgs/msg/Image\)"):
+    with pytest.raises(ValueError,
+                       match=r"no image topic '/camera'; topics in the bag: /cam \(sensor_msgs/msg/Image\)"):
         read_rosbag(path, "/camera")
     with pytest.raises(ValueError, match="image topic '/pose' has type geometry_msgs/msg/PoseStamped"):
         read_rosbag(path, "/pose")

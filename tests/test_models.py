@@ -9,8 +9,14 @@ import pytest
 import torch
 
 from hierloc.extraction import GlobalExtractor, image_to_tensor
-from hierloc.models import (CheckpointError, WeightsNotFoundError, build_model, load_model, read_checkpoint,
-                            save_checkpoint)
+from hierloc.models import (
+    CheckpointError,
+    WeightsNotFoundError,
+    build_model,
+    load_model,
+    read_checkpoint,
+    save_checkpoint,
+)
 from hierloc.models.aggregation import initialize_vlad_clusters
 
 

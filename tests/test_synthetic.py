@@ -32,7 +32,8 @@ def small_map():
     return make_synthetic_map(num_missions=3, frames_per_mission=12, image_size=SMALL, seed=0)
 
 
-def backproject(depth: np.ndarray, camera: Camera, pose: np.ndarray, pixels: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+def backproject(depth: np.ndarray, camera: Camera, pose: np.ndarray,
+                pixels: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """World points of pixel indices (rows, cols) with COLMAP pixel centres (+0.5)."""
     rows, cols = pixels
     rays = np.c_[cols + 0.5, rows + 0.5, np.ones(len(rows))] @ np.linalg.inv(camera.K).T
@@ -70,8 +71,10 @@ def test_depth_back_projects_onto_the_scene_planes(world):
         pixels = rng.integers(0, 240, 400), rng.integers(0, 320, 400)
         points = backproject(depth, camera, pose, pixels)
         assert np.max(world.surface_distance(points)) < 1e-4
-        assert np.all((points[:, 0] > -1e-3) & (points[:, 0] < ROOM[0] + 1e-3) & (points[:, 2] > -1e-3) & (points[:, 2] < ROOM[2] + 1e-3))
-        inside_block = (points[:, 0] > BLOCK[0] + 1e-3) & (points[:, 0] < BLOCK[2] - 1e-3) & (points[:, 1] > BLOCK[1] + 1e-3) & (points[:, 1] < BLOCK[3] - 1e-3)
+        assert np.all((points[:, 0] > -1e-3) & (points[:, 0] < ROOM[0] + 1e-3)
+                      & (points[:, 2] > -1e-3) & (points[:, 2] < ROOM[2] + 1e-3))
+        inside_block = ((points[:, 0] > BLOCK[0] + 1e-3) & (points[:, 0] < BLOCK[2] - 1e-3)
+                        & (points[:, 1] > BLOCK[1] + 1e-3) & (points[:, 1] < BLOCK[3] - 1e-3))
         assert not np.any(inside_block)
 
 

@@ -12,8 +12,15 @@ import torch
 
 from hierloc.training.augmentation import build_augmentation
 from hierloc.training.config import complete_config, load_config, parse_override, shipped_configs
-from hierloc.training.data import (DatasetError, DistillationDataset, InfiniteShuffledSampler, collate,
-                                   list_distillation_items, preprocess_image, split_items)
+from hierloc.training.data import (
+    DatasetError,
+    DistillationDataset,
+    InfiniteShuffledSampler,
+    collate,
+    list_distillation_items,
+    preprocess_image,
+    split_items,
+)
 from hierloc.training.triplets import mine_triplets
 
 

@@ -10,8 +10,7 @@ import stat
 import numpy as np
 import pytest
 
-from hierloc.utils.io import (atomic_path, atomic_write_text, current_umask, default_file_mode, json_safe,
-                              to_json_text)
+from hierloc.utils.io import atomic_path, atomic_write_text, current_umask, default_file_mode, json_safe, to_json_text
 
 
 @pytest.fixture

@@ -24,15 +24,15 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from test_convert_mobilenetvlad import random_values, released_variable_shapes
 
-from hierloc.utils.hashing import file_sha256
 from hierloc.cli.main import main
 from hierloc.models import build_model, load_model, save_checkpoint
 from hierloc.models import weights as registry
 from hierloc.models.convert import convert_tf_mobilenetvlad, write_tensor_bundle
 from hierloc.models.fetch import ChecksumMismatchError, DownloadError, download_file, fetch_weights
-from hierloc.models.weights import WeightSpec, WeightsNotFoundError, resolve_weights
-from test_convert_mobilenetvlad import random_values, released_variable_shapes
+from hierloc.models.weights import WeightsNotFoundError, WeightSpec, resolve_weights
+from hierloc.utils.hashing import file_sha256
 
 MOBILENETVLAD = "mobilenetvlad_depth-0.35"
 PACKAGE_ROOT = Path(registry.__file__).resolve().parents[1]

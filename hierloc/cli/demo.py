@@ -24,7 +24,8 @@ def register(subparsers) -> None:
                    help="a retrieved keyframe is right within this many metres")
     p.add_argument("--max-angle", type=positive_float, default=45.0,
                    help="... and this many degrees of viewing direction")
-    p.add_argument("--pca-dims", type=non_negative_int, default=32, help="also evaluate search after PCA to this size (0: no)")
+    p.add_argument("--pca-dims", type=non_negative_int, default=32,
+                   help="also evaluate search after PCA to this size (0: no)")
     p.add_argument("--no-localize", dest="localize", action="store_false",
                    help="skip the 6-DoF part (3-D map of the reference mission, poses of the queries)")
     add_threads_argument(p)

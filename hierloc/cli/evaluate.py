@@ -84,8 +84,13 @@ def register(subparsers) -> None:
 
 def config_from_args(args: argparse.Namespace) -> EvaluationConfig:
     """The evaluation configuration of parsed arguments (values are validated by `EvaluationConfig.validate`)."""
-    from ..evaluation.pipeline import (DatasetOptions, EvaluationConfig, default_cache_dir, parse_pca_dims,
-                                       parse_search_params)
+    from ..evaluation.pipeline import (
+        DatasetOptions,
+        EvaluationConfig,
+        default_cache_dir,
+        parse_pca_dims,
+        parse_search_params,
+    )
 
     kind, path = args.dataset
     dataset = DatasetOptions(

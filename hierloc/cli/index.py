@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from ..utils.io import to_json_text
-from .validators import non_negative_int, positive_float, positive_int
 from .common import add_describer_arguments, describer_choice
+from .validators import non_negative_int, positive_float, positive_int
 
 FORMAT_NAMES = ("auto", "proto", "protobuf", "pb", "native", "h5")
 SEARCH_KINDS = ("auto", "flat", "hnsw", "ivfpq")
@@ -26,7 +26,8 @@ def _image_size(value: str) -> tuple[int, int]:
 def add_map_arguments(parser: argparse.ArgumentParser) -> None:
     """source and the map reader options."""
     parser.add_argument("source", help="image folder, COLMAP model folder, or ROS 1 .bag / ROS 2 bag folder")
-    parser.add_argument("--kind", default="auto", choices=["auto", "folder", "colmap", "rosbag"], help="map source kind")
+    parser.add_argument("--kind", default="auto", choices=["auto", "folder", "colmap", "rosbag"],
+                        help="map source kind")
     parser.add_argument("--poses", default=None, help="pose file for a single-mission image folder (TUM, KITTI or CSV)")
     parser.add_argument("--image-dir", default=None, help="images of a COLMAP model")
     parser.add_argument("--image-topic", default=None, help="image topic of a ROS bag")
@@ -49,7 +50,8 @@ def add_throughput_arguments(parser: argparse.ArgumentParser) -> None:
                              "joins the running one, or host:port / ray://host:10001 (needs the 'ray' extra)")
     parser.add_argument("--ray-actors", type=positive_int, default=None,
                         help="model replicas on Ray (default: one per GPU, else one per --ray-cpus-per-actor CPUs)")
-    parser.add_argument("--ray-cpus-per-actor", type=positive_float, default=2.0, help="CPUs reserved by each CPU model replica")
+    parser.add_argument("--ray-cpus-per-actor", type=positive_float, default=2.0,
+                        help="CPUs reserved by each CPU model replica")
     parser.add_argument("--shard-dir", default=None,
                         help="empty folder where Ray writes descriptor shards before they are merged (on a "
                              "cluster: shared storage or an s3:// URI; default: a local temporary folder)")
@@ -65,13 +67,15 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--whiten", action="store_true", help="whiten the PCA")
     hnsw = parser.add_argument_group("hnsw")
     hnsw.add_argument("--hnsw-m", type=positive_int, default=None, help="graph links per node (default 32)")
-    hnsw.add_argument("--hnsw-ef-construction", type=positive_int, default=None, help="build-time beam width (default 80)")
+    hnsw.add_argument("--hnsw-ef-construction", type=positive_int, default=None,
+                      help="build-time beam width (default 80)")
     hnsw.add_argument("--hnsw-ef-search", type=positive_int, default=None, help="query-time beam width (default 64)")
     hnsw.add_argument("--hnsw-storage", choices=["flat", "sq8", "fp16"], default=None,
                       help="vectors kept as float32 (flat), 8-bit or float16 (default: flat up to 512-D, else sq8)")
     ivf = parser.add_argument_group("ivfpq")
     ivf.add_argument("--ivf-nlist", type=positive_int, default=None, help="coarse cells (default: about 4 sqrt(N))")
-    ivf.add_argument("--pq-m", type=positive_int, default=None, help="bytes of code per keyframe (default 64, must divide D)")
+    ivf.add_argument("--pq-m", type=positive_int, default=None,
+                     help="bytes of code per keyframe (default 64, must divide D)")
     ivf.add_argument("--pq-nbits", type=positive_int, default=None, help="bits per code (default 8)")
     ivf.add_argument("--opq", action=argparse.BooleanOptionalAction, default=None,
                      help="rotate with OPQ before quantizing (default: on above 128-D)")
@@ -182,8 +186,8 @@ def run_add(args: argparse.Namespace) -> int:
     """Describe the new keyframes with the index's describer and append them to the index and its search structure."""
     from ..pipelines.indexing import IndexExtendConfig, extend_index_file
 
-    result = extend_index_file(IndexExtendConfig(Path(args.index), map_source(args), describer_choice(args, args.resize),
-                                                 batch_options(args)))
+    result = extend_index_file(IndexExtendConfig(Path(args.index), map_source(args),
+                                                 describer_choice(args, args.resize), batch_options(args)))
     _print_report(result.indexed, result.skipped)
     print(f"{result.path}: {result.rows_before} -> {result.rows_after} keyframes (search structure {result.search})")
     return 0

@@ -6,8 +6,22 @@ import argparse
 import sys
 
 from .. import __version__
-from . import (convert, demo, download_landmarks, evaluate, export_descriptors, export_model, extract, index, localize,
-               map_build, models, query, time_query, train)
+from . import (
+    convert,
+    demo,
+    download_landmarks,
+    evaluate,
+    export_descriptors,
+    export_model,
+    extract,
+    index,
+    localize,
+    map_build,
+    models,
+    query,
+    time_query,
+    train,
+)
 from .common import setup_logging
 
 SUBCOMMANDS = [demo, extract, index, query, time_query, models, convert, map_build, localize, train, export_descriptors,

@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from ..utils.io import atomic_write_text, to_json_text
-from .validators import non_negative_int, positive_float, positive_int
 from .common import add_retrieval_arguments, describer_choice
+from .validators import non_negative_int, positive_int
 
 
 def register(subparsers) -> None:
@@ -33,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
     """Run the queries and print the statistics."""
     from ..pipelines.indexing import MapSource, TimingConfig, time_queries
 
-    query_map = (MapSource(args.query_map, kind=args.kind, missions=[args.query_mission] if args.query_mission else None)
+    query_map = (MapSource(args.query_map, kind=args.kind,
+                           missions=[args.query_mission] if args.query_mission else None)
                  if args.query_map else None)
     result = time_queries(TimingConfig(Path(args.index), args.queries, query_map, args.k, args.max_distance,
                                        args.pca_dims, args.max_queries, args.warmup, describer_choice(args)))

@@ -9,8 +9,14 @@ from typing import Any
 
 from .base import GroundTruthRule, ImageSet, ImageTransform, RetrievalDataset, list_image_names, natural_key
 from .folders import read_folders
-from .ground_truth import (GroundTruth, ground_truth_from_names, ground_truth_from_planar_poses,
-                           ground_truth_from_poses, pose_ground_truth, read_ground_truth_file)
+from .ground_truth import (
+    GroundTruth,
+    ground_truth_from_names,
+    ground_truth_from_planar_poses,
+    ground_truth_from_poses,
+    pose_ground_truth,
+    read_ground_truth_file,
+)
 from .nclt import read_nclt
 from .nordland import read_nordland
 from .strecha import read_strecha

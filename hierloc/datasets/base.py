@@ -37,6 +37,7 @@ class ImageTransform:
     description = "identity"
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
+        """Return the image unchanged."""
         return image
 
 
@@ -64,7 +65,8 @@ class ImageSet:
         for label, array, shape in (("poses", self.poses, (4, 4)), ("planar_poses", self.planar_poses, (3,)),
                                     ("timestamps", self.timestamps, ())):
             if array is not None and np.shape(array) != (n, *shape):
-                raise ValueError(f"image set {self.name!r}: {label} has shape {np.shape(array)}, expected {(n, *shape)}")
+                raise ValueError(f"image set {self.name!r}: {label} has shape {np.shape(array)}, "
+                                 f"expected {(n, *shape)}")
 
     def __len__(self) -> int:
         return len(self.names)

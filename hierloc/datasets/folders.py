@@ -74,7 +74,8 @@ def read_folders(path: str | os.PathLike, reference: str | None = None, queries:
         raise FileNotFoundError(f"{root}: no reference folder (one of {', '.join(REFERENCE_FOLDERS)})")
     if query_dir is None or not query_dir.is_dir():
         raise FileNotFoundError(f"{root}: no query folder (one of {', '.join(QUERY_FOLDERS)})")
-    ref_set = ImageSet(ref_dir.name, ref_dir, list_image_names(ref_dir), key_prefix=ref_dir.relative_to(root).as_posix())
+    ref_set = ImageSet(ref_dir.name, ref_dir, list_image_names(ref_dir),
+                       key_prefix=ref_dir.relative_to(root).as_posix())
     query_set = ImageSet(query_dir.name, query_dir, list_image_names(query_dir),
                          key_prefix=query_dir.relative_to(root).as_posix())
     notes = []

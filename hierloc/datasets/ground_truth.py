@@ -44,15 +44,18 @@ class GroundTruth:
         for label, rows, size in (("query", q, num_queries), ("reference", r, num_references)):
             bad = np.flatnonzero((rows < 0) | (rows >= size))
             if bad.size:
-                raise ValueError(f"ground truth names {label} row {rows[bad[0]]}, but there are only {size} {label} images")
+                raise ValueError(f"ground truth names {label} row {rows[bad[0]]}, "
+                                 f"but there are only {size} {label} images")
         data = np.ones(len(q), bool)
         return cls(scipy.sparse.coo_matrix((data, (q, r)), shape=(num_queries, num_references)), description)
 
     @classmethod
-    def from_lists(cls, positives: Sequence[Iterable[int]], num_references: int, description: str = "") -> "GroundTruth":
+    def from_lists(cls, positives: Sequence[Iterable[int]], num_references: int,
+                   description: str = "") -> "GroundTruth":
         """From one list of correct reference rows per query."""
         rows = [np.asarray(list(p), np.int64).reshape(-1) for p in positives]
-        q = np.concatenate([np.full(len(p), i, np.int64) for i, p in enumerate(rows)]) if rows else np.zeros(0, np.int64)
+        q = (np.concatenate([np.full(len(p), i, np.int64) for i, p in enumerate(rows)]) if rows
+             else np.zeros(0, np.int64))
         r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
         return cls.from_pairs(q, r, len(rows), num_references, description)
 
@@ -89,7 +92,8 @@ class GroundTruth:
             raise ValueError(f"ranked reference row {ranked.max()} is beyond the {self.num_references} references")
         rows = np.repeat(np.arange(self.num_queries), ranked.shape[1])
         cols = np.maximum(ranked.reshape(-1), 0)
-        hits = np.asarray(self.matrix[rows, cols]).reshape(ranked.shape) if ranked.size else np.zeros(ranked.shape, bool)
+        hits = (np.asarray(self.matrix[rows, cols]).reshape(ranked.shape) if ranked.size
+                else np.zeros(ranked.shape, bool))
         return hits.astype(bool) & (ranked >= 0)
 
     def dense(self) -> np.ndarray:
@@ -138,7 +142,8 @@ def pose_ground_truth(query_poses: np.ndarray, reference_poses: np.ndarray, max_
     return (distances <= max_distance) & (angles <= max_angle_deg)
 
 
-def _pairs_within(query_points: np.ndarray, reference_points: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
+def _pairs_within(query_points: np.ndarray, reference_points: np.ndarray,
+                  radius: float) -> tuple[np.ndarray, np.ndarray]:
     """All (query, reference) row pairs closer than `radius` (inclusive), via a k-d tree."""
     if len(query_points) == 0 or len(reference_points) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)

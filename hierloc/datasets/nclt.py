@@ -90,7 +90,8 @@ def read_undistortion_map(path: str | os.PathLike, erosion: int = MASK_EROSION) 
     if data.shape[1] != 4:
         raise ValueError(f"{path}: map lines must have 4 numbers 'row col v u', got {data.shape[1]}")
     rows, cols = data[:, 0].astype(np.int64), data[:, 1].astype(np.int64)
-    if rows.min(initial=0) < 0 or cols.min(initial=0) < 0 or rows.max(initial=0) >= height or cols.max(initial=0) >= width:
+    if (rows.min(initial=0) < 0 or cols.min(initial=0) < 0
+            or rows.max(initial=0) >= height or cols.max(initial=0) >= width):
         raise ValueError(f"{path}: map pixel outside the {width}x{height} image of its header")
     map_x = np.zeros((height, width), np.float32)
     map_y = np.zeros((height, width), np.float32)
@@ -114,10 +115,12 @@ class NcltPreprocessing(ImageTransform):
         self.undistortion = undistortion
         self.grayscale = grayscale
         self.size = size
-        self.description = (f"nclt:undistort={undistortion.path.name if undistortion and undistortion.path else bool(undistortion)}"
+        undistort = undistortion.path.name if undistortion and undistortion.path else bool(undistortion)
+        self.description = (f"nclt:undistort={undistort}"
                             f":crop={undistortion.crop if undistortion else None}:rot270:gray={grayscale}:size={size}")
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
+        """Undistort, rotate, convert to grayscale and resize one image as configured."""
         if self.undistortion is not None:
             image = self.undistortion.undistort(image)
         image = np.ascontiguousarray(np.rot90(image, k=3))  # as tf.image.rot90(image, k=3)
@@ -226,7 +229,8 @@ def image_times(folder: Path) -> np.ndarray:
     return np.asarray(times, np.int64)
 
 
-def poses_at_images(root: Path, date: str, camera: int = CAMERA, max_gap_s: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def poses_at_images(root: Path, date: str, camera: int = CAMERA,
+                    max_gap_s: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """(utime, [N, 3] x, y, heading) of the images of a session that lie inside its ground truth."""
     times = image_times(camera_folder(root, date, camera))
     gt_times, gt_xyh = read_ground_truth_csv(ground_truth_csv_path(root, date))
@@ -255,7 +259,8 @@ def find_undistortion_map(root: Path, camera: int) -> Path | None:
     return _find(root, MAP_FOLDERS, f"U2D_Cam{camera}_1616X1232.txt")
 
 
-def _session(root: Path, date: str, camera: int, transform: ImageTransform, pose_dir: Path, notes: list[str]) -> ImageSet:
+def _session(root: Path, date: str, camera: int, transform: ImageTransform, pose_dir: Path,
+             notes: list[str]) -> ImageSet:
     folder = camera_folder(root, date, camera)
     pose_file = pose_dir / f"pose_{date}.csv"
     if pose_file.is_file():

@@ -126,7 +126,8 @@ def _ray_session(ray, config: RayConfig) -> Iterator[None]:
         return
     if config.address == "local":
         cpus = os.cpu_count() or 1
-        store = config.object_store_bytes or min(2 * 2**30, int(0.2 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")))
+        store = config.object_store_bytes or min(
+            2 * 2**30, int(0.2 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")))
         ray.init(num_cpus=cpus, include_dashboard=False, object_store_memory=store, log_to_driver=False,
                  configure_logging=False)
     else:
@@ -202,7 +203,8 @@ def describe_on_ray(
                         len(flat), actors, cpus_each, gpus_each)
             rows = [{"row": i} for i in range(len(flat))]
             dataset = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / 256)))
-            dataset = dataset.map_batches(_load_images, fn_kwargs={"keyframes": flat, "preprocessing": config.preprocessing},
+            dataset = dataset.map_batches(_load_images,
+                                          fn_kwargs={"keyframes": flat, "preprocessing": config.preprocessing},
                                           batch_size=config.batch_size, num_cpus=1)
             dataset = dataset.map_batches(
                 _DescriptorActor,

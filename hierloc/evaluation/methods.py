@@ -26,8 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..datasets.base import ImageSet
-from ..describers import (DenseVLADDescriber, Describer, DescriberIdentity, adapt_to_images, is_describer_artifact,
-                          is_describer_spelling, make_describer)
+from ..describers import (
+    DenseVLADDescriber,
+    Describer,
+    DescriberIdentity,
+    adapt_to_images,
+    is_describer_artifact,
+    is_describer_spelling,
+    make_describer,
+)
 
 logger = logging.getLogger(__name__)
 

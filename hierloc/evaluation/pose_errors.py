@@ -16,7 +16,6 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-
 # (metres, degrees) bins of the long-term visual localization benchmark (Sattler et al. CVPR 2018).
 DEFAULT_THRESHOLDS = ((0.25, 2.0), (0.5, 5.0), (5.0, 10.0))
 
@@ -137,7 +136,8 @@ def summarize_errors(errors: Mapping[str, tuple[float, float]],
 
 def format_summary(summary: dict) -> str:
     """One line: localized count, medians and the threshold percentages."""
-    bins = ", ".join(f"{k.replace('m_', ' m, ').replace('deg', ' deg')}: {v:.1f} %" for k, v in summary["recall"].items())
+    bins = ", ".join(f"{k.replace('m_', ' m, ').replace('deg', ' deg')}: {v:.1f} %"
+                     for k, v in summary["recall"].items())
     med_t, med_r = summary["median_translation_m"], summary["median_rotation_deg"]
     median = (f"median {100 * med_t:.2f} cm, {med_r:.3f} deg" if math.isfinite(med_t) else "median: not localized")
     return f"{summary['num_localized']}/{summary['num_queries']} localized; {median}; {bins}"

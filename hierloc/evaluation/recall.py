@@ -44,7 +44,8 @@ def recall_curve(correct: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return found.mean(axis=0)
 
 
-def cumulative_true_false_positives(correct: np.ndarray, ranked: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def cumulative_true_false_positives(correct: np.ndarray,
+                                    ranked: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """[Q, K] running counts of true and false positives along each ranking, as the original's
     `compute_tp_fp` (missing results, -1 in `ranked`, count as neither)."""
     correct = np.asarray(correct, bool)

@@ -85,7 +85,8 @@ def write_retrieval_grid(evaluation: Evaluation, result: Result, path: str | os.
                                   bool(metrics.correct[q, rank])))
             first = metrics.first_correct_rank[q]
             caption = [f"query {query_set.names[q]}",
-                       f"{kind}: " + (f"1st correct at #{first + 1}" if first >= 0 else f"none in top {metrics.correct.shape[1]}")]
+                       f"{kind}: " + (f"1st correct at #{first + 1}" if first >= 0
+                                      else f"none in top {metrics.correct.shape[1]}")]
             row = {"query": query_set.load(int(q)), "query_caption": caption, "retrieved": retrieved}
             if kind == "failure":
                 positives = result.ground_truth.positives(int(q))
@@ -118,11 +119,12 @@ def write_report(evaluation: Evaluation, out_dir: str | os.PathLike, top: int = 
                "precision": r.metrics.precision_recall.precision, "ap": r.metrics.precision_recall.average_precision}
               | {"pr_recall": r.metrics.precision_recall.recall} for r in evaluation.results]
     written["plots"].append(plot_recall_curves(curves, out / "recall_at_n.png", title))
-    written["plots"].append(plot_pr_curves([dict(c, recall=c["pr_recall"]) for c in curves], out / "precision_recall.png",
-                                           title))
+    written["plots"].append(plot_pr_curves([dict(c, recall=c["pr_recall"]) for c in curves],
+                                           out / "precision_recall.png", title))
     (out / "per_query").mkdir(exist_ok=True)
     for result in evaluation.results:
-        written["csv"].append(write_per_query_csv(evaluation, result, out / "per_query" / f"{_result_slug(result)}.csv", top))
+        written["csv"].append(write_per_query_csv(evaluation, result,
+                                                  out / "per_query" / f"{_result_slug(result)}.csv", top))
     (out / "retrievals").mkdir(exist_ok=True)
     methods = list(dict.fromkeys(r.method for r in evaluation.results))
     for method in methods:
@@ -159,7 +161,8 @@ def write_html(evaluation: Evaluation, out: Path, written: dict[str, list[Path]]
     def rel(path: Path) -> str:
         return e(path.relative_to(out).as_posix())
 
-    plots = "".join(f'<p><a href="{rel(p)}"><img src="{rel(p)}" style="max-width:100%"></a></p>' for p in written["plots"])
+    plots = "".join(f'<p><a href="{rel(p)}"><img src="{rel(p)}" style="max-width:100%"></a></p>'
+                    for p in written["plots"])
     grids = "".join(f'<h3>{e(p.stem)}</h3><p><a href="{rel(p)}"><img src="{rel(p)}" style="max-width:100%"></a></p>'
                     for p in written["grids"])
     csvs = "".join(f'<li><a href="{rel(p)}">{rel(p)}</a></li>' for p in written["csv"])

@@ -47,7 +47,8 @@ def _tile(image: np.ndarray, height: int, color: tuple[int, int, int] | None, la
                       else cv2.INTER_AREA)
     tile = cv2.copyMakeBorder(tile, border, border, border, border, cv2.BORDER_CONSTANT, value=color or WHITE)
     if label:
-        cv2.putText(tile, label, (border + 4, border + 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 0), 1, cv2.LINE_AA)
+        cv2.putText(tile, label, (border + 4, border + 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 0), 1,
+                    cv2.LINE_AA)
     if caption:
         strip = np.full((16 * len(caption) + 4, tile.shape[1], 3), 255, np.uint8)
         for i, line in enumerate(caption):
@@ -221,7 +222,8 @@ def plot_pr_curves(curves: Sequence[dict], path: str | os.PathLike, title: str =
                 continue
             color, style = styles[(c["method"], c["pca"])]
             ax.plot(100 * np.r_[0.0, c["recall"]], 100 * np.r_[c["precision"][:1], c["precision"]], style,
-                    color=color, drawstyle="steps-post", label=f"{c['method']}, PCA {c['pca']} (AP {100 * c['ap']:.1f})")
+                    color=color, drawstyle="steps-post",
+                    label=f"{c['method']}, PCA {c['pca']} (AP {100 * c['ap']:.1f})")
         ax.set_xlabel("recall (%): valid queries whose accepted top-1 is correct")
         ax.set_ylabel("precision (%) of accepted top-1 matches")
         ax.set_title(f"queries: {query_set}")

@@ -33,6 +33,7 @@ class SamePaddingConv2d(torch.nn.Module):
         return max((out - 1) * stride + effective - size, 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pad the input to TF 'SAME' for its size, then convolve without padding."""
         ph = self._total_padding(x.size(2), self.kernel_size[0], self.stride[0], self.dilation[0])
         pw = self._total_padding(x.size(3), self.kernel_size[1], self.stride[1], self.dilation[1])
         x = torch.nn.functional.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])

@@ -39,7 +39,8 @@ def existing_names(path: Path) -> set[str]:
     return names
 
 
-def read_global_descriptors(path: str | os.PathLike, names: Iterable[str] | None = None) -> tuple[list[str], np.ndarray]:
+def read_global_descriptors(path: str | os.PathLike,
+                            names: Iterable[str] | None = None) -> tuple[list[str], np.ndarray]:
     """(names, [N, D] float32) from an hloc-layout h5 file, in sorted or the given order."""
     path = Path(path)
     if not path.is_file():

@@ -47,7 +47,8 @@ def resize_image(image: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     if size is None or (image.shape[1], image.shape[0]) == tuple(size):
         return image
     shrinking = size[0] * size[1] < image.shape[0] * image.shape[1]
-    return cv2.resize(image, tuple(int(s) for s in size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    return cv2.resize(image, tuple(int(s) for s in size),
+                      interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
 class ImageDataset(Dataset):

@@ -65,7 +65,8 @@ def make_extractor(name_or_config: str | dict, device: str | torch.device = "cpu
 
 def make_matcher(name_or_config: str | dict, features: str | dict, device: str | torch.device = "cpu",
                  **overrides: Any) -> Matcher:
-    """A matcher by name ('auto', 'mnn', 'mnn-ratio', 'lightglue'/'lighterglue') for the given features, or a stored dict."""
+    """A matcher by name ('auto', 'mnn', 'mnn-ratio', 'lightglue'/'lighterglue') for the given features,
+    or a stored dict."""
     family = feature_family(features)
     if isinstance(name_or_config, dict):
         values = dict(name_or_config)
@@ -83,7 +84,8 @@ def make_matcher(name_or_config: str | dict, features: str | dict, device: str |
         return MutualNearestNeighbor(_override(config, overrides))
     if name in ("lightglue", "lighterglue"):
         if family not in LIGHTGLUE_WEIGHTS:
-            raise ValueError(f"no LightGlue weights for {family} features (available for {', '.join(LIGHTGLUE_WEIGHTS)}); "
+            raise ValueError(f"no LightGlue weights for {family} features "
+                             f"(available for {', '.join(LIGHTGLUE_WEIGHTS)}); "
                              "use --matcher mnn or mnn-ratio")
         return LightGlue(_override(LightGlueConfig(features=family), overrides), device=device)
     raise ValueError(f"unknown matcher {name_or_config!r}; known: {', '.join(MATCHER_NAMES)}")
@@ -94,7 +96,8 @@ def _override(config, overrides: dict[str, Any]):
     known = {f.name for f in dataclasses.fields(config)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"{type(config).__name__} has no option {', '.join(unknown)}; options: {', '.join(sorted(known))}")
+        raise ValueError(f"{type(config).__name__} has no option {', '.join(unknown)}; "
+                         f"options: {', '.join(sorted(known))}")
     return dataclasses.replace(config, **values)
 
 

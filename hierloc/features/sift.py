@@ -58,7 +58,8 @@ class SIFT(LocalFeatureExtractor):
             options.sift.peak_threshold = config.contrast_threshold / 3.0
             options.sift.edge_threshold = config.edge_threshold
             options.sift.upright = config.upright
-            options.sift.normalization = pycolmap.Normalization.L1_ROOT if config.root_sift else pycolmap.Normalization.L2
+            options.sift.normalization = (pycolmap.Normalization.L1_ROOT if config.root_sift
+                                          else pycolmap.Normalization.L2)
             self._sift = pycolmap.FeatureExtractor.create(options, device=pycolmap.Device.cpu)
 
     @property

@@ -17,7 +17,8 @@ def read_weights(name_or_path: str) -> tuple[dict, str]:
 
 def load_state_dict(module: torch.nn.Module, state_dict: dict, source: str, derived: tuple[str, ...] = (),
                     unused: str | None = None) -> None:
-    """Load weights; only `derived` buffers (rebuilt by the module) may be missing, only keys matching `unused` extra."""
+    """Load weights; only `derived` buffers (rebuilt by the module) may be missing,
+    only keys matching `unused` extra."""
     result = module.load_state_dict(state_dict, strict=False)
     missing = [k for k in result.missing_keys if k not in derived]
     unexpected = [k for k in result.unexpected_keys if unused is None or not re.fullmatch(unused, k)]

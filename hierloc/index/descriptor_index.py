@@ -9,8 +9,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from hierloc.index.errors import IndexCompatibilityError, IndexValidationError
-from hierloc.utils.ids import normalize_id
 from hierloc.index.pca import PCA
+from hierloc.utils.ids import normalize_id
 
 _ROTATION_TOLERANCE = 1e-3
 

@@ -10,8 +10,8 @@ import numpy as np
 
 from hierloc.index.descriptor_index import DescriptorIndex
 from hierloc.index.errors import IndexCompatibilityError
-from hierloc.index.pca import PCA, l2_normalize
 from hierloc.index.native_format import IndexCatalog
+from hierloc.index.pca import PCA, l2_normalize
 from hierloc.index.search import SearchBackend, make_backend
 
 _ZERO_NORM = 1e-12
@@ -121,7 +121,8 @@ class Retriever:
     def _checked_backend(backend: SearchBackend, rows: int, search_dim: int) -> SearchBackend:
         if backend.dim != search_dim:
             raise IndexCompatibilityError(
-                f"the {backend.name} search structure holds {backend.dim}-D vectors, but {search_dim}-D ones are searched"
+                f"the {backend.name} search structure holds {backend.dim}-D vectors, "
+                f"but {search_dim}-D ones are searched"
             )
         if len(backend) != rows:
             raise IndexCompatibilityError(

@@ -38,7 +38,8 @@ class UpdateReport:
     search: str  # "updated in place", "re-filled", "rebuilt", or "none stored"
 
 
-def _stored_backend(path: str | os.PathLike, index: DescriptorIndex) -> tuple[SearchBackend | None, StoredSearchInfo | None]:
+def _stored_backend(path: str | os.PathLike,
+                    index: DescriptorIndex) -> tuple[SearchBackend | None, StoredSearchInfo | None]:
     info = StoredSearchInfo.from_metadata(index.metadata)
     if info is None or info.file is None:
         return None, info

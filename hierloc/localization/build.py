@@ -9,7 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 import numpy as np
 from tqdm import tqdm
@@ -20,7 +20,7 @@ from ..features.h5io import FeatureFileError, read_feature_config, read_matches,
 from ..features.types import matches_to_pairs
 from ..maps.poses import invert_pose
 from ..maps.types import Camera, Keyframe, Map
-from .pairs import (choose_strategy, exhaustive_pairs, pairs_from_poses, pairs_from_retrieval, sequential_pairs)
+from .pairs import choose_strategy, exhaustive_pairs, pairs_from_poses, pairs_from_retrieval, sequential_pairs
 from .reconstruction import ReconstructionConfig, incremental_sfm, triangulate_from_poses
 from .retrieval import GlobalConfig, describe_prepared_images, global_describer, reuse_index_rows
 from .scene_map import MapImage, SceneMap
@@ -286,7 +286,8 @@ def describe_globally(describer, prepared: list[np.ndarray], names: list[str], i
 
 def import_colmap_model(model_dir: str | os.PathLike, features_path: str | os.PathLike,
                         features: str | dict | None = None, matcher: str = "auto", *,
-                        feature_options: dict[str, Any] | None = None, image_dir: str | os.PathLike | None = None, global_config: GlobalConfig | None = None,
+                        feature_options: dict[str, Any] | None = None, image_dir: str | os.PathLike | None = None,
+                        global_config: GlobalConfig | None = None,
                         device: str = "cpu", progress: bool = True) -> tuple[SceneMap, dict[str, Any]]:
     """A 3-D map from an existing COLMAP model and the local features its keypoints came from (hloc layout).
 
@@ -373,7 +374,8 @@ def attach_global_index(scene: SceneMap, describer, descriptors: np.ndarray, nam
     scene.global_model = {"describer": describer.identity.summary(), "search": config.search_json()}
     scene.global_index = DescriptorIndex(
         model_name=describer.name, data_name=scene.metadata.get("source", ""),
-        descriptors=np.asarray(descriptors)[rows].astype(np.float32), keyframe_ids=[im.keyframe_id for im in scene.images],
+        descriptors=np.asarray(descriptors)[rows].astype(np.float32),
+        keyframe_ids=[im.keyframe_id for im in scene.images],
         missions=[im.mission for im in scene.images], names=[im.name for im in scene.images],
         positions=np.stack([im.pose[:3, 3] for im in scene.images]),
         rotations=np.stack([im.pose[:3, :3] for im in scene.images]),

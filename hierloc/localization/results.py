@@ -8,7 +8,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ..maps.poses import rotmat_to_qvec, qvec_to_rotmat
+from ..maps.poses import qvec_to_rotmat, rotmat_to_qvec
 from ..utils.io import atomic_write_text, to_json_text
 from .localizer import LocalizationResult, summarize_timings
 

@@ -175,8 +175,8 @@ class SceneMap:
         search = (self.global_model or {}).get("search") or {}
         if search.get("kind", "flat") in ("auto", "flat") and not search.get("pca_dims"):
             return retriever_for_index(self.global_index)
-        from ..index.stored_search import build_search
         from ..index.retriever import Retriever
+        from ..index.stored_search import build_search
 
         backend = build_search(self.global_index, search["kind"], search.get("params") or {},
                                pca_dims=search.get("pca_dims"))

@@ -92,7 +92,8 @@ def load_map(source: str | os.PathLike, kind: str = "auto", **options) -> Map:
     if kind == "colmap":
         model = _colmap_model_in(path)
         if model is None:
-            raise FileNotFoundError(f"{path}: no COLMAP model (cameras and images .bin/.txt) here or in sparse/0, sparse")
+            raise FileNotFoundError(f"{path}: no COLMAP model (cameras and images .bin/.txt) "
+                                    "here or in sparse/0, sparse")
         if "image_dir" not in options and model != path and (path / "images").is_dir():
             options["image_dir"] = path / "images"
         path = model

@@ -197,7 +197,8 @@ def read_kitti(path: str | os.PathLike) -> PoseTable:
 
 
 _CSV_COLUMNS: dict[str, tuple[str, ...]] = {
-    "time": ("timestamp", "time", "t", "utime", "stamp", "ts", "sec", "seconds", "timestamp_s", "time_s", "timestamp_ns"),
+    "time": ("timestamp", "time", "t", "utime", "stamp", "ts", "sec", "seconds", "timestamp_s", "time_s",
+             "timestamp_ns"),
     "name": ("name", "image", "file", "filename", "file_name", "image_name", "imagename", "image_file", "path", "img"),
     "x": ("x", "tx", "pos_x", "position_x", "p_x", "p_rs_r_x"),
     "y": ("y", "ty", "pos_y", "position_y", "p_y", "p_rs_r_y"),
@@ -266,7 +267,8 @@ def read_pose_csv(path: str | os.PathLike) -> PoseTable:
     if missing or not (has_quat or has_euler or "yaw" in found):
         raise ValueError(
             f"{path}:{header_number}: header {header[:120]!r} lacks "
-            + ("position columns x, y" if missing else "an orientation (qw qx qy qz, roll pitch yaw, or yaw/heading/angle)")
+            + ("position columns x, y" if missing
+               else "an orientation (qw qx qy qz, roll pitch yaw, or yaw/heading/angle)")
         )
 
     times, names, poses = [], [], []
@@ -284,7 +286,8 @@ def read_pose_csv(path: str | os.PathLike) -> PoseTable:
             try:
                 v = float(cells[found[key]])
             except ValueError:
-                raise ValueError(f"{path}:{number}: column {columns[found[key]]!r} is not a number: {cells[found[key]]!r}") from None
+                raise ValueError(f"{path}:{number}: column {columns[found[key]]!r} "
+                                 f"is not a number: {cells[found[key]]!r}") from None
             if not np.isfinite(v):
                 raise ValueError(f"{path}:{number}: column {columns[found[key]]!r} is not finite")
             return np.radians(v) if degrees.get(key) else v
@@ -377,7 +380,8 @@ def write_pose_csv(path: str | os.PathLike, names: Sequence[str], poses: np.ndar
 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["name"] + (["timestamp"] if timestamps is not None else []) + ["x", "y", "z", "qw", "qx", "qy", "qz"])
+    writer.writerow(["name"] + (["timestamp"] if timestamps is not None else [])
+                    + ["x", "y", "z", "qw", "qx", "qy", "qz"])
     poses = np.asarray(poses).reshape(-1, 4, 4)
     for k, (name, T) in enumerate(zip(names, poses)):
         time = [f"{timestamps[k]:.9f}"] if timestamps is not None else []

@@ -28,7 +28,7 @@ from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
 from hierloc.maps import textures
-from hierloc.maps.poses import invert_pose, make_pose, write_cameras_txt, write_tum, write_pose_csv
+from hierloc.maps.poses import invert_pose, make_pose, write_cameras_txt, write_pose_csv, write_tum
 from hierloc.maps.types import Camera, Keyframe, Map, Mission
 from hierloc.utils.io import atomic_path, atomic_write_bytes
 from hierloc.utils.threads import default_num_threads
@@ -78,7 +78,8 @@ APPEARANCES: dict[str, Appearance] = {
                        vignetting=0.25, blur_sigma=0.7, noise_sigma=3.0),
     "night": Appearance(gain=1.1, gamma=1.35, color=(0.8, 0.9, 1.15), ambient=0.25, light_dir=(0.0, 0.0, 1.0),
                         headlight=0.8, vignetting=0.4, blur_sigma=1.0, noise_sigma=6.0),
-    "overcast": Appearance(gain=1.05, gamma=0.85, color=(0.95, 1.0, 1.05), ambient=0.85, blur_sigma=0.5, noise_sigma=2.5),
+    "overcast": Appearance(gain=1.05, gamma=0.85, color=(0.95, 1.0, 1.05), ambient=0.85, blur_sigma=0.5,
+                           noise_sigma=2.5),
 }
 
 
@@ -161,21 +162,27 @@ def _build_scene(seed: int, ppm: float) -> tuple[Quad, ...]:
     outer = [((0, 0), (X, 0), (0, 1)), ((X, 0), (X, Y), (-1, 0)), ((X, Y), (0, Y), (0, -1)), ((0, Y), (0, 0), (1, 0))]
     for k, (a, b, facing) in enumerate(outer):
         quads.append(_wall(f"outer_wall_{k}", a, b, H, np.r_[facing, 0], wall_fn(k), ppm))
-    inner = [((bx0, by0), (bx1, by0), (0, -1)), ((bx1, by0), (bx1, by1), (1, 0)), ((bx1, by1), (bx0, by1), (0, 1)), ((bx0, by1), (bx0, by0), (-1, 0))]
+    inner = [((bx0, by0), (bx1, by0), (0, -1)), ((bx1, by0), (bx1, by1), (1, 0)),
+             ((bx1, by1), (bx0, by1), (0, 1)), ((bx0, by1), (bx0, by0), (-1, 0))]
     for k, (a, b, facing) in enumerate(inner):
         quads.append(_wall(f"block_wall_{k}", a, b, H, np.r_[facing, 0], wall_fn(k + 4), ppm))
     # Floor and ceiling only over the corridor, one segment per side (each with its own texture).
     segments = [(0, 0, X, by0), (bx1, by0, X, by1), (0, by1, X, Y), (0, by0, bx0, by1)]
     for k, (x0, y0, x1, y1) in enumerate(segments):
-        quads.append(_horizontal(f"floor_{k}", x0, y0, x1, y1, 0.0, True, lambda w, h, r=rng(): textures.floor_texture(r, w, h, ppm * 0.75), ppm * 0.75))
-        quads.append(_horizontal(f"ceiling_{k}", x0, y0, x1, y1, H, False, lambda w, h, r=rng(): textures.ceiling_texture(r, w, h, ppm * 0.5), ppm * 0.5))
+        quads.append(_horizontal(f"floor_{k}", x0, y0, x1, y1, 0.0, True,
+                                 lambda w, h, r=rng(): textures.floor_texture(r, w, h, ppm * 0.75), ppm * 0.75))
+        quads.append(_horizontal(f"ceiling_{k}", x0, y0, x1, y1, H, False,
+                                 lambda w, h, r=rng(): textures.ceiling_texture(r, w, h, ppm * 0.5), ppm * 0.5))
     for k, (x0, y0, sx, sy, sz) in enumerate(CRATES):
         x1, y1 = x0 + sx, y0 + sy
-        sides = [((x0, y0), (x1, y0), (0, -1)), ((x1, y0), (x1, y1), (1, 0)), ((x1, y1), (x0, y1), (0, 1)), ((x0, y1), (x0, y0), (-1, 0))]
+        sides = [((x0, y0), (x1, y0), (0, -1)), ((x1, y0), (x1, y1), (1, 0)),
+                 ((x1, y1), (x0, y1), (0, 1)), ((x0, y1), (x0, y0), (-1, 0))]
         for f, (a, b, facing) in enumerate(sides):
-            quads.append(_wall(f"crate_{k}_{f}", a, b, sz, np.r_[facing, 0], lambda w, h, r=rng(): textures.crate_texture(r, w, h, ppm), ppm))
+            quads.append(_wall(f"crate_{k}_{f}", a, b, sz, np.r_[facing, 0],
+                               lambda w, h, r=rng(): textures.crate_texture(r, w, h, ppm), ppm))
         if sz < H:
-            quads.append(_horizontal(f"crate_{k}_top", x0, y0, x1, y1, sz, True, lambda w, h, r=rng(): textures.crate_texture(r, w, h, ppm), ppm))
+            quads.append(_horizontal(f"crate_{k}_top", x0, y0, x1, y1, sz, True,
+                                     lambda w, h, r=rng(): textures.crate_texture(r, w, h, ppm), ppm))
     return tuple(quads)
 
 
@@ -402,7 +409,8 @@ class SyntheticWorld:
         return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
     def surface_distance(self, points: np.ndarray, margin: float = 0.01) -> np.ndarray:
-        """Distance from world points (N, 3) to the nearest quad whose extent (plus `margin` m) contains their projection."""
+        """Distance from world points (N, 3) to the nearest quad whose extent (plus `margin` m)
+        contains their projection."""
         points = np.asarray(points, float).reshape(-1, 3)
         best = np.full(len(points), np.inf)
         for quad in self.quads:
@@ -441,9 +449,11 @@ def make_synthetic_map(num_missions: int = 2, frames_per_mission: int = 40, imag
         return world.render(pose, camera, appearance, noise_seed=(seed, m, i))
 
     workers = num_threads or default_num_threads()
-    # cv2 and numpy release the GIL, so threads render frames in parallel; each frame's noise is seeded by (mission, frame).
+    # cv2 and numpy release the GIL, so threads render frames in parallel;
+    # each frame's noise is seeded by (mission, frame).
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(tqdm(pool.map(render, jobs), total=len(jobs), desc="rendering", unit="frame", disable=not progress))
+        results = list(tqdm(pool.map(render, jobs), total=len(jobs), desc="rendering", unit="frame",
+                            disable=not progress))
     missions: dict[str, Mission] = {}
     period = world.loop_length / frames_per_mission  # 1 m/s along the loop
     for (m, i, pose, _), (image, depth) in zip(jobs, results):
@@ -485,7 +495,8 @@ def write_synthetic_dataset(map_: Map, out_dir: str | os.PathLike, *, depth: boo
                 depths[Path(relative).with_suffix("").as_posix().replace("/", "__")] = kf.depth
         mission_cameras = {_camera_key(kf.camera) for kf in mission.keyframes if kf.camera is not None}
         if shared is None and len(mission_cameras) == 1:
-            write_cameras_txt(folder / "cameras.txt", {1: next(kf.camera for kf in mission.keyframes if kf.camera is not None)})
+            write_cameras_txt(folder / "cameras.txt",
+                              {1: next(kf.camera for kf in mission.keyframes if kf.camera is not None)})
         elif shared is None and mission_cameras:
             logger.warning("mission %s has several cameras; no cameras.txt written", mission.name)
         posed = [kf for kf in mission.keyframes if kf.pose is not None]
@@ -509,4 +520,5 @@ def _to_bgr(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
 
 
-__all__ = ["APPEARANCES", "Appearance", "Quad", "SyntheticWorld", "make_synthetic_map", "mission_name", "write_synthetic_dataset"]
+__all__ = ["APPEARANCES", "Appearance", "Quad", "SyntheticWorld", "make_synthetic_map", "mission_name",
+           "write_synthetic_dataset"]

@@ -37,13 +37,15 @@ def fractal_noise(rng: np.random.Generator, height: int, width: int, cells: tupl
     out = np.zeros((height, width), np.float32)
     amplitude = 1.0
     for cell in cells:
-        out += amplitude * (value_noise(rng, height, width, cell) if cell >= 2 else rng.random((height, width), dtype=np.float32))
+        out += amplitude * (value_noise(rng, height, width, cell) if cell >= 2
+                            else rng.random((height, width), dtype=np.float32))
         amplitude *= 0.5
     out -= out.mean()
     return out / max(float(np.abs(out).max()), 1e-6)
 
 
-def random_color(rng: np.random.Generator, hue: float | None = None, sat: tuple[float, float] = (0.3, 0.9), val: tuple[float, float] = (0.2, 0.95)) -> tuple[int, int, int]:
+def random_color(rng: np.random.Generator, hue: float | None = None, sat: tuple[float, float] = (0.3, 0.9),
+                 val: tuple[float, float] = (0.2, 0.95)) -> tuple[int, int, int]:
     """An RGB colour (0..255) with the given or a random hue."""
     h = rng.random() if hue is None else hue % 1.0
     r, g, b = colorsys.hsv_to_rgb(h, rng.uniform(*sat), rng.uniform(*val))
@@ -62,7 +64,8 @@ def _tinted(base: tuple[int, int, int], noise: np.ndarray, strength: float) -> n
     return image
 
 
-def _draw_text_block(rng: np.random.Generator, image: np.ndarray, x0: int, y0: int, x1: int, y1: int, ppm: float) -> None:
+def _draw_text_block(rng: np.random.Generator, image: np.ndarray, x0: int, y0: int, x1: int, y1: int,
+                     ppm: float) -> None:
     color = random_color(rng, val=(0.0, 0.35)) if rng.random() < 0.8 else random_color(rng)
     font = int(rng.choice(_FONTS))
     scale = ppm * rng.uniform(0.004, 0.009)
@@ -71,7 +74,8 @@ def _draw_text_block(rng: np.random.Generator, image: np.ndarray, x0: int, y0: i
     y = y0 + int(line_h * 1.5)
     while y < y1 - 2:
         text = random_text(rng, int(rng.integers(3, 14)))
-        cv2.putText(image, text, (x0 + int(rng.integers(0, max(1, (x1 - x0) // 6))), y), font, scale, color, thickness, cv2.LINE_AA)
+        cv2.putText(image, text, (x0 + int(rng.integers(0, max(1, (x1 - x0) // 6))), y), font, scale, color,
+                    thickness, cv2.LINE_AA)
         y += int(line_h * rng.uniform(1.6, 2.4))
 
 
@@ -111,7 +115,8 @@ def _draw_poster(rng: np.random.Generator, image: np.ndarray, x0: int, y0: int, 
         (tw, th), _ = cv2.getTextSize(text, font, 1.0, thickness)
         scale = 0.8 * min(w / max(tw, 1), h / max(th, 1))
         (tw, th), _ = cv2.getTextSize(text, font, scale, thickness)
-        cv2.putText(roi, text, ((w - tw) // 2, (h + th) // 2), font, scale, random_color(rng, val=(0.0, 0.6)), thickness, cv2.LINE_AA)
+        cv2.putText(roi, text, ((w - tw) // 2, (h + th) // 2), font, scale, random_color(rng, val=(0.0, 0.6)),
+                    thickness, cv2.LINE_AA)
     frame = max(2, int(ppm * 0.02))
     cv2.rectangle(image, (x0, y0), (x1, y1), random_color(rng, val=(0.0, 0.4)), frame)
 
@@ -140,7 +145,8 @@ def _scatter_details(rng: np.random.Generator, image: np.ndarray, ppm: float, de
 WALL_STYLES = ("plaster", "brick", "panels", "blocks", "tiles")
 
 
-def _wall_base(rng: np.random.Generator, width: int, height: int, ppm: float, base: tuple[int, int, int], style: str) -> np.ndarray:
+def _wall_base(rng: np.random.Generator, width: int, height: int, ppm: float, base: tuple[int, int, int],
+               style: str) -> np.ndarray:
     """The wall surface without decorations, in one of WALL_STYLES."""
     noise = fractal_noise(rng, height, width, (ppm * 1.5, ppm * 0.4, ppm * 0.1, 1.0))
     image = _tinted(base, noise, 0.25 if style == "plaster" else 0.12)
@@ -186,7 +192,8 @@ def _draw_door(rng: np.random.Generator, image: np.ndarray, x: int, ppm: float) 
     cv2.rectangle(image, (x, top), (x + w, height), leaf, -1)
     inset = int(0.1 * ppm)
     for y0, y1 in ((top + inset, top + h // 2 - inset // 2), (top + h // 2 + inset // 2, height - inset)):
-        cv2.rectangle(image, (x + inset, y0), (x + w - inset, y1), tuple(int(c * 0.7) for c in leaf), max(2, inset // 4))
+        cv2.rectangle(image, (x + inset, y0), (x + w - inset, y1), tuple(int(c * 0.7) for c in leaf),
+                      max(2, inset // 4))
     cv2.circle(image, (x + w - inset, top + h // 2), max(3, int(0.03 * ppm)), (210, 200, 120), -1, cv2.LINE_AA)
     if rng.random() < 0.6:
         _draw_text_block(rng, image, x + inset, top + inset, x + w - inset, top + 3 * inset, ppm)
@@ -221,7 +228,8 @@ def wall_texture(rng: np.random.Generator, width: int, height: int, ppm: float, 
     cv2.rectangle(image, (0, height - board), (width, height), random_color(rng, hue=hue + 0.5, val=(0.15, 0.45)), -1)
     if style in ("plaster", "panels"):
         rail_y = int(height - rng.uniform(0.9, 1.1) * ppm)
-        cv2.rectangle(image, (0, rail_y), (width, rail_y + max(2, int(0.04 * ppm))), random_color(rng, val=(0.2, 0.6)), -1)
+        cv2.rectangle(image, (0, rail_y), (width, rail_y + max(2, int(0.04 * ppm))),
+                      random_color(rng, val=(0.2, 0.6)), -1)
     _scatter_details(rng, image, ppm, density=12.0)
     # Doors, windows and posters at irregular spacing: the non-periodic layout makes places unique.
     x = rng.uniform(0.1, 0.8) * ppm
@@ -266,7 +274,8 @@ def floor_texture(rng: np.random.Generator, width: int, height: int, ppm: float)
     for _ in range(int(width * height / ppm**2 / 4)):
         center = (int(rng.integers(0, width)), int(rng.integers(0, height)))
         axes = (int(rng.uniform(0.05, 0.4) * ppm), int(rng.uniform(0.05, 0.3) * ppm))
-        cv2.ellipse(overlay, center, axes, float(rng.uniform(0, 180)), 0, 360, random_color(rng, val=(0.1, 0.5)), -1, cv2.LINE_AA)
+        cv2.ellipse(overlay, center, axes, float(rng.uniform(0, 180)), 0, 360, random_color(rng, val=(0.1, 0.5)),
+                    -1, cv2.LINE_AA)
     return cv2.addWeighted(overlay, 0.35, image, 0.65, 0)
 
 
@@ -274,7 +283,8 @@ def ceiling_texture(rng: np.random.Generator, width: int, height: int, ppm: floa
     """Ceiling panels with lamps and vents (uint8 RGB)."""
     panel = int(0.6 * ppm)
     base = random_color(rng, sat=(0.0, 0.1), val=(0.75, 0.9))
-    image = np.clip(_tinted(base, fractal_noise(rng, height, width, (ppm, ppm * 0.2, 1.0)), 0.08), 0, 255).astype(np.uint8)
+    image = np.clip(_tinted(base, fractal_noise(rng, height, width, (ppm, ppm * 0.2, 1.0)), 0.08),
+                    0, 255).astype(np.uint8)
     for x in range(0, width, panel):
         cv2.line(image, (x, 0), (x, height), (90, 90, 95), max(1, panel // 30))
     for y in range(0, height, panel):
@@ -282,7 +292,8 @@ def ceiling_texture(rng: np.random.Generator, width: int, height: int, ppm: floa
     for _ in range(int(width * height / ppm**2 / 5)):
         px, py = int(rng.integers(0, width // panel + 1)) * panel, int(rng.integers(0, height // panel + 1)) * panel
         if rng.random() < 0.6:
-            cv2.rectangle(image, (px + panel // 6, py + panel // 3), (px + 5 * panel // 6, py + 2 * panel // 3), (250, 248, 235), -1)
+            cv2.rectangle(image, (px + panel // 6, py + panel // 3), (px + 5 * panel // 6, py + 2 * panel // 3),
+                          (250, 248, 235), -1)
         else:
             for k in range(4, panel - 4, max(3, panel // 10)):
                 cv2.line(image, (px + 4, py + k), (px + panel - 4, py + k), (60, 60, 60), 1)
@@ -295,13 +306,15 @@ def crate_texture(rng: np.random.Generator, width: int, height: int, ppm: float)
         base = random_color(rng, hue=rng.uniform(0.05, 0.12), sat=(0.4, 0.7), val=(0.4, 0.7))
         grain = value_noise(rng, height, max(width // 8, 1), ppm * 0.05)
         grain = cv2.resize(grain, (width, height), interpolation=cv2.INTER_LINEAR) - 0.5
-        image = np.clip(_tinted(base, grain + 0.3 * fractal_noise(rng, height, width, (ppm * 0.3, 1.0)), 0.4), 0, 255).astype(np.uint8)
+        image = np.clip(_tinted(base, grain + 0.3 * fractal_noise(rng, height, width, (ppm * 0.3, 1.0)), 0.4),
+                        0, 255).astype(np.uint8)
         plank = max(4, int(rng.uniform(0.1, 0.2) * ppm))
         for y in range(0, height, plank):
             cv2.line(image, (0, y), (width, y), (40, 25, 10), max(1, plank // 12))
     else:
         base = random_color(rng, hue=rng.uniform(0.07, 0.11), sat=(0.3, 0.5), val=(0.55, 0.75))
-        image = np.clip(_tinted(base, fractal_noise(rng, height, width, (ppm * 0.5, 2.0, 1.0)), 0.12), 0, 255).astype(np.uint8)
+        image = np.clip(_tinted(base, fractal_noise(rng, height, width, (ppm * 0.5, 2.0, 1.0)), 0.12),
+                        0, 255).astype(np.uint8)
         w, h = image.shape[1], image.shape[0]
         _draw_poster(rng, image, int(w * 0.15), int(h * 0.15), int(w * 0.85), int(h * 0.6), ppm)
         _draw_text_block(rng, image, int(w * 0.1), int(h * 0.65), int(w * 0.9), int(h * 0.95), ppm)

@@ -56,6 +56,7 @@ class GlobalDescriptorModel(nn.Module):
         return self.backbone(x)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Global descriptors [B, descriptor_dim] of [B, C, H, W] images."""
         if images.ndim != 4:
             raise ValueError(f"{self.name}: expected images of shape [B, C, H, W], got {tuple(images.shape)}")
         return self.aggregation(self.local_features(images))

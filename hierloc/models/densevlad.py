@@ -55,8 +55,8 @@ import numpy as np
 from tqdm import tqdm
 
 from ..utils.images import as_uint8, read_image
-from ..utils.sampling import spread_rows
 from ..utils.io import atomic_path, to_json_text
+from ..utils.sampling import spread_rows
 
 logger = logging.getLogger(__name__)
 
@@ -450,7 +450,8 @@ class DenseVLAD:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {key: data[key] for key in data.files}
         except (OSError, ValueError) as exc:
-            raise ValueError(f"{path}: not a DenseVLAD vocabulary file (.npz written by DenseVLAD.save): {exc}") from None
+            raise ValueError(f"{path}: not a DenseVLAD vocabulary file "
+                             f"(.npz written by DenseVLAD.save): {exc}") from None
         if str(arrays.get("format", "")) != FILE_FORMAT:
             raise ValueError(f"{path}: not a DenseVLAD vocabulary file (format {arrays.get('format')!r})")
         version = int(arrays.get("version", 0))

@@ -19,11 +19,22 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..utils.hashing import file_sha256
 from ..utils.io import atomic_path
 from .convert import convert
-from ..utils.hashing import file_sha256
-from .weights import (OFFLINE_ENV, WEIGHTS, WeightSpec, WeightsNotFoundError, cache_dir, find_local_copy,
-                      get_weight_spec, missing_weights_message, offline_mode, one_line, resolve_weights)
+from .weights import (
+    OFFLINE_ENV,
+    WEIGHTS,
+    WeightsNotFoundError,
+    WeightSpec,
+    cache_dir,
+    find_local_copy,
+    get_weight_spec,
+    missing_weights_message,
+    offline_mode,
+    one_line,
+    resolve_weights,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -41,6 +41,7 @@ class MobileNetVLAD(GlobalDescriptorModel):
         self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1) * 255.0, persistent=False)
 
     def normalize_input(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalise pixel values as `config.normalization` says, with grayscale tiled to 3 channels."""
         if self.config.normalization == "tf":
             # The original: (x - 128) / 128 on grayscale, then tiled to the 3 input channels.
             images = (images - 128.0) / 128.0

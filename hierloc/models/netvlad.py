@@ -25,10 +25,12 @@ class NetVLADModel(GlobalDescriptorModel):
         self.register_buffer("average_rgb", torch.tensor(config.average_rgb, dtype=torch.float32).view(1, 3, 1, 1))
 
     def normalize_input(self, images: torch.Tensor) -> torch.Tensor:
+        """Subtract the average RGB colour, replicating grayscale images to 3 channels first."""
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
         return images - self.average_rgb
 
     def local_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The conv5_3 feature map with every pixel's feature L2-normalised."""
         # The original normalises every pixel's 512-D feature before the VLAD pooling.
         return l2_normalize_tf(super().local_features(images), dim=1)

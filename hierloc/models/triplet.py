@@ -65,6 +65,7 @@ class DimensionalityReduction(nn.Module):
         nn.init.zeros_(self.fc.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """L2-normalise, project with the fully connected layer and L2-normalise again."""
         return l2_normalize_tf(self.fc(l2_normalize_tf(x)))
 
 
@@ -89,6 +90,7 @@ class DelfAttentionPooling(nn.Module):
         self.output_dim = config.reduction_dim or input_dim
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Pool [B, D, H, W] features into one descriptor per image (attention-weighted sum or max)."""
         if self.attention is None:
             descriptor = features.amax(dim=(2, 3))
         else:
@@ -151,9 +153,11 @@ class ResNetNetVLAD(_ResNetModel):
 
     @property
     def descriptor_dim(self) -> int:
+        """Size of the output descriptor (after the reduction when there is one)."""
         return self.config.reduction_dim or self.aggregation.output_dim
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Global descriptors of [B, C, H, W] images: VLAD pooling, then the optional reduction."""
         if images.ndim != 4:
             raise ValueError(f"{self.name}: expected images of shape [B, C, H, W], got {tuple(images.shape)}")
         descriptor = self.aggregation(self.local_features(images))

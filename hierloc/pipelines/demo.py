@@ -59,8 +59,8 @@ def _ground_truth(query_poses: np.ndarray, reference_poses: np.ndarray, config: 
 def run_demo(config: DemoConfig) -> DemoResult:
     """Run the demo end to end; see the module docstring."""
     from ..evaluation.recall import recall_at_n
-    from ..index.retriever import Retriever
     from ..index.io import load_index, save_index
+    from ..index.retriever import Retriever
     from ..maps import load_map
     from ..maps.synthetic import make_synthetic_map, write_synthetic_dataset
     from ..utils.threads import configure_threads
@@ -104,7 +104,8 @@ def run_demo(config: DemoConfig) -> DemoResult:
     results.update(queries=len(queries), queries_with_a_true_reference=int(truth.any(1).sum()),
                    descriptor_ms_median=float(np.median(describe_times) * 1e3), variants={})
     ranked = None
-    for label, pca_dims in [("exact", None)] + ([(f"pca{config.pca_dims}", config.pca_dims)] if config.pca_dims else []):
+    for label, pca_dims in [("exact", None)] + ([(f"pca{config.pca_dims}", config.pca_dims)]
+                                                 if config.pca_dims else []):
         retriever = Retriever(index, pca_dims=pca_dims)
         t0 = time.perf_counter()
         for descriptor in query_descriptors:  # one at a time, as a robot would query

@@ -17,8 +17,15 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from ..describers import (METADATA_KEY, Describer, DescriberError, adaptation_loader, describer_for_artifact,
-                          describer_record, make_describer)
+from ..describers import (
+    METADATA_KEY,
+    Describer,
+    DescriberError,
+    adaptation_loader,
+    describer_for_artifact,
+    describer_record,
+    make_describer,
+)
 from ..index.retriever import Retrieval, Retriever
 
 logger = logging.getLogger(__name__)
@@ -41,6 +48,26 @@ class MapSource:
     subsampling: int = 1
     missions: list[str] | None = None
     name: str | None = None  # overrides the map's name
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON (absolute paths): what `from_json` needs to open the same source again."""
+        absolute = {key: (str(Path(value).resolve()) if value else None)
+                    for key, value in (("path", self.path), ("pose_file", self.pose_file),
+                                       ("image_dir", self.image_dir))}
+        return {**absolute, "kind": self.kind, "image_topic": self.image_topic, "pose_topic": self.pose_topic,
+                "missions": self.missions, "subsampling": self.subsampling}
+
+    @classmethod
+    def from_json(cls, values: Any) -> MapSource:
+        """Rebuild a source recorded by `to_json`, refusing anything that is not its plain fields."""
+        fields = ("path", "kind", "pose_file", "image_dir", "image_topic", "pose_topic")
+        if not isinstance(values, dict) or not isinstance(values.get("path"), str):
+            raise ValueError(f"not a recorded map source: {values!r:.200}")
+        options = {key: values.get(key) for key in fields if isinstance(values.get(key), str)}
+        missions = values.get("missions")
+        if missions is not None and not (isinstance(missions, list) and all(isinstance(m, str) for m in missions)):
+            raise ValueError(f"recorded missions must be a list of names, got {missions!r:.200}")
+        return cls(missions=missions, **options)
 
     def load(self):
         """The hierloc Map."""
@@ -141,8 +168,8 @@ def describe_map(map_, describer: Describer, batch: BatchOptions, store_poses: b
     from ..index.build import build_index
 
     if batch.ray:
-        from ..distributed import RayConfig, ray_describer
         from ..describers import NetworkDescriber
+        from ..distributed import RayConfig, ray_describer
 
         named_weights = describer.weights_name is not None or weights_spelling not in (None, "auto")
         if not isinstance(describer, NetworkDescriber) or not named_weights:
@@ -174,10 +201,13 @@ def build_index_file(config: IndexBuildConfig) -> IndexBuildResult:
     configure_threads(config.describer.threads)
     map_ = config.source.load()
     selected = map_.select(config.source.missions, config.source.subsampling)
-    describer = config.describer.build(adaptation_images=adaptation_loader([kf.load_image for kf in selected.keyframes()]))
+    describer = config.describer.build(
+        adaptation_images=adaptation_loader([kf.load_image for kf in selected.keyframes()]))
     index, report = describe_map(map_, describer, config.batch, config.store_poses, config.source,
                                  config.describer.weights, config.describer.device, config.describer.precision)
     index.metadata[METADATA_KEY] = record = describer_record(describer, out.parent)
+    # Where the keyframes' images are, so that later stages (e.g. geometric re-ranking) can read them again.
+    index.metadata["source"] = config.source.to_json()
     stored_weights = out.parent / record["weights_file"] if record["weights_file"] else None
     result = IndexBuildResult(out, len(index), index.descriptor_size, describer.identity.summary(),
                               dict(report.indexed), list(report.skipped), "flat", describer_weights=stored_weights)
@@ -298,7 +328,8 @@ class QueryResult:
                 "queries": [{**q, "results": [hit.to_json() for hit in q["results"]]} for q in self.queries]}
 
 
-def open_index(path: str | Path, describer: DescriberChoice, pca_dims: int | None = None) -> tuple[Retriever, Describer]:
+def open_index(path: str | Path, describer: DescriberChoice,
+               pca_dims: int | None = None) -> tuple[Retriever, Describer]:
     """(retriever, describer) for an index file: its stored search structure and its own describer."""
     from ..index.stored_search import load_retriever
     from ..utils.threads import configure_threads

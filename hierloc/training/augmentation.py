@@ -76,6 +76,7 @@ class RandomSmoothShade(nn.Module):
         self.grid = grid
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Shade each image of the batch with a random smooth field (with probability `p`)."""
         b, _, h, w = images.shape
         device = images.device
         field = torch.rand(b, 1, *self.grid, device=device)
@@ -95,6 +96,7 @@ class BatchAugmentation(nn.Module):
         self.crop = crop
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Scale to [0, 1], crop, apply the photometric operations (clamped) and scale back to 0..255."""
         x = images.float() / 255.0
         if self.crop is not None:
             x = self.crop(x)

@@ -16,7 +16,6 @@ from typing import Any
 
 import yaml
 
-
 # Keys of the `model` section that configure training rather than the architecture.
 TRAINING_MODEL_KEYS = {
     "name", "batch_size", "eval_batch_size", "learning_rate", "learning_rate_step", "weight_decay",

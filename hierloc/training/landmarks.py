@@ -57,6 +57,7 @@ class DownloadSummary:
     seconds: float = 0.0
 
     def as_dict(self) -> dict:
+        """The summary as a plain dict (for JSON)."""
         return dict(self.__dict__)
 
 

@@ -32,12 +32,23 @@ from ..models.checkpoint import load_state_dict_strict, save_checkpoint
 from ..models.configs import config_from_dict
 from ..models.loading import build_model
 from ..utils.io import atomic_write_text, to_json_text
-from .checkpoints import (latest_checkpoint, list_checkpoints, read_training_checkpoint, rng_state,
-                          save_training_checkpoint, set_rng_state)
+from .checkpoints import (
+    latest_checkpoint,
+    list_checkpoints,
+    read_training_checkpoint,
+    rng_state,
+    save_training_checkpoint,
+    set_rng_state,
+)
 from .config import dump_config
 from .data import InfiniteShuffledSampler, collate, ignore_sigint_in_worker
-from .model_setup import (build_training_model, configure_trainable, count_parameters, initialize_vlad_from_images,
-                          set_train_mode)
+from .model_setup import (
+    build_training_model,
+    configure_trainable,
+    count_parameters,
+    initialize_vlad_from_images,
+    set_train_mode,
+)
 from .tasks import make_task
 
 logger = logging.getLogger("hierloc.training")
@@ -57,10 +68,12 @@ class DistributedContext:
 
     @property
     def enabled(self) -> bool:
+        """Whether more than one process takes part."""
         return self.world_size > 1
 
     @property
     def is_main(self) -> bool:
+        """Whether this is the rank-0 process (the one that logs and writes checkpoints)."""
         return self.rank == 0
 
     @classmethod

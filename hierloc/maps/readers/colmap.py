@@ -18,7 +18,8 @@ logger = logging.getLogger(__name__)
 def is_colmap_model(folder: str | os.PathLike) -> bool:
     """Whether `folder` holds a COLMAP model (cameras and images, .bin or .txt)."""
     folder = Path(folder)
-    return all((folder / f"{part}.bin").is_file() or (folder / f"{part}.txt").is_file() for part in ("cameras", "images"))
+    return all((folder / f"{part}.bin").is_file() or (folder / f"{part}.txt").is_file()
+               for part in ("cameras", "images"))
 
 
 def _guess_image_dir(model_dir: Path, first_name: str) -> Path | None:

@@ -81,7 +81,8 @@ def _discover_missions(root: Path) -> list[_MissionSource]:
     if _has_direct_images(root):
         return [_MissionSource(root_name, root, list_images([root], recursive=False))]
     missions = []
-    for sub in sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: natural_key(p.name)):
+    for sub in sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                      key=lambda p: natural_key(p.name)):
         if is_strecha_scene(sub):
             images = _strecha_images(sub, f"{sub.name}/")
             strecha = True
@@ -100,7 +101,8 @@ def _discover_missions(root: Path) -> list[_MissionSource]:
 
 def _find_pose_file(root: Path, mission: _MissionSource) -> Path | None:
     name = mission.name
-    candidates = [mission.folder / f for f in ("poses.txt", "poses.csv", "groundtruth.txt", "groundtruth.csv", f"{name}.txt", f"{name}.csv")]
+    candidates = [mission.folder / f for f in ("poses.txt", "poses.csv", "groundtruth.txt", "groundtruth.csv",
+                                               f"{name}.txt", f"{name}.csv")]
     if mission.folder != root:
         candidates += [root / f for f in (f"{name}.txt", f"{name}.csv", f"pose_{name}.csv")]
     for candidate in candidates:
@@ -116,7 +118,8 @@ def _find_camera(root: Path, mission: _MissionSource) -> Camera | None:
         if path.is_file():
             cameras = read_cameras_txt(path)
             if len(cameras) != 1:
-                raise ValueError(f"{path}: holds {len(cameras)} cameras; a folder map needs exactly one per cameras file")
+                raise ValueError(f"{path}: holds {len(cameras)} cameras; "
+                                 "a folder map needs exactly one per cameras file")
             return next(iter(cameras.values()))
     return None
 
@@ -179,7 +182,8 @@ def read_image_folder(
             if camera is not None or "camera" not in fields:
                 fields["camera"] = mission_camera
             keyframes.append(
-                Keyframe.create(image_name, source.name, index, image_path=path, timestamp=timestamp_from_name(image_name), **fields)
+                Keyframe.create(image_name, source.name, index, image_path=path,
+                                timestamp=timestamp_from_name(image_name), **fields)
             )
         missions[source.name] = Mission(source.name, keyframes)
 

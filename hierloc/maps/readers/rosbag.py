@@ -70,7 +70,8 @@ def decode_image_message(msg, where: str = "image message") -> np.ndarray:
         return image
     encoding = msg.encoding.lower()
     if encoding not in _RAW_ENCODINGS:
-        raise ValueError(f"{where}: unsupported image encoding {msg.encoding!r}; supported: {', '.join(_RAW_ENCODINGS)}")
+        raise ValueError(f"{where}: unsupported image encoding {msg.encoding!r}; "
+                         f"supported: {', '.join(_RAW_ENCODINGS)}")
     kind, channels, conversion = _RAW_ENCODINGS[encoding]
     dtype = np.dtype(kind).newbyteorder(">" if msg.is_bigendian else "<")
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
@@ -192,11 +193,13 @@ def read_rosbag(
         with _open(path) as reader:
             image_conns = _connections(reader, image_topic, IMAGE_TYPES, path, "image")
             pose_conns = _connections(reader, pose_topic, POSE_TYPES, path, "pose") if pose_topic else []
-            info_conns = _connections(reader, camera_info_topic, (CAMERA_INFO_TYPE,), path, "camera info") if camera_info_topic else []
+            info_conns = (_connections(reader, camera_info_topic, (CAMERA_INFO_TYPE,), path, "camera info")
+                          if camera_info_topic else [])
             image_ids = {c.id for c in image_conns}
             total = sum(c.msgcount for c in image_conns + pose_conns + info_conns)
             messages = reader.messages(connections=image_conns + pose_conns + info_conns)
-            for connection, log_time, raw in tqdm(messages, total=total, desc=f"reading {path.name}", unit="msg", disable=None):
+            for connection, log_time, raw in tqdm(messages, total=total, desc=f"reading {path.name}", unit="msg",
+                                                  disable=None):
                 msg = reader.deserialize(raw, connection.msgtype)
                 if connection.id in image_ids:
                     # Lazy maps keep only the time; decoding (the costly part) happens on load_image.
@@ -224,7 +227,8 @@ def read_rosbag(
             f"(images {times.min():.3f}..{times.max():.3f} s, poses {min(pose_times):.3f}..{max(pose_times):.3f} s)"
         )
     if poses and np.any(matches < 0):
-        logger.warning("%s: %d of %d images have no pose within %s s", path, int(np.sum(matches < 0)), len(frames), max_time_diff)
+        logger.warning("%s: %d of %d images have no pose within %s s", path, int(np.sum(matches < 0)), len(frames),
+                       max_time_diff)
 
     keyframes = []
     seen: dict[str, int] = {}
@@ -238,6 +242,7 @@ def read_rosbag(
             pose = poses[match] @ T_body_cam if T_body_cam is not None else poses[match]
         loader = functools.partial(_load_lazy_image, path, image_topic, log_time) if lazy else None
         keyframes.append(
-            Keyframe.create(image_name, mission, index, timestamp=stamp, pose=pose, camera=camera, image=image, image_loader=loader)
+            Keyframe.create(image_name, mission, index, timestamp=stamp, pose=pose, camera=camera, image=image,
+                            image_loader=loader)
         )
     return Map(mission, {mission: Mission(mission, keyframes)}, None)

@@ -35,6 +35,7 @@ class MatConvNetVLAD(nn.Module):
         self.output_dim = whitening_dim or num_clusters * input_dim
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Pool [B, D, H, W] features into L2-normalised VLAD descriptors, whitened if configured."""
         a = torch.softmax(self.assignment(features), dim=1).flatten(2).float()  # [B, K, N]
         x = features.flatten(2).float()  # [B, D, N]
         vlad = torch.bmm(a, x.transpose(1, 2)) - a.sum(-1, keepdim=True) * self.centers.float()  # [B, K, D]

@@ -39,6 +39,7 @@ class BatchNormNoScale(nn.Module):
         self.register_buffer("running_var", torch.ones(num_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise with batch (training) or running (eval) statistics and add the learned offset."""
         return F.batch_norm(x, self.running_mean, self.running_var, None, self.bias,
                             self.training, self.momentum, self.eps)
 
@@ -76,6 +77,7 @@ class NetVLAD(nn.Module):
         self.output_dim = reduction_dim or num_clusters * input_dim
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Pool [B, D, H, W] features into L2-normalised VLAD descriptors, reduced if configured."""
         if self.intermediate_proj is not None:
             features = self.intermediate_proj(features)
         memberships = torch.softmax(self.memberships_bn(self.memberships(features)), dim=1)

@@ -7,8 +7,8 @@ residual blocks, `layer_19` the final 1x1 conv. Parameter names match torchvisio
 
 from __future__ import annotations
 
-from torch import nn
 import torch
+from torch import nn
 
 from .padding import make_conv2d
 
@@ -77,6 +77,7 @@ class InvertedResidual(nn.Module):
         self.out_channels = cout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the block, adding the input when the block is residual."""
         return x + self.conv(x) if self.use_residual else self.conv(x)
 
 
@@ -125,6 +126,7 @@ class MobileNetV2(nn.Module):
             self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(last_channels, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the layers up to `endpoint`, then the classifier when there is one."""
         if len(self.features) == self.num_active_layers:
             x = self.features(x)
         else:

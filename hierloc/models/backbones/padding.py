@@ -31,6 +31,7 @@ class Conv2dSame(nn.Conv2d):
             self.padding = ((kh - 1) * self.dilation[0] // 2, (kw - 1) * self.dilation[1] // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pad the input as TF 'SAME' does (when asymmetric), then convolve."""
         if not self._symmetric:
             top, bottom = tf_same_padding(x.shape[-2], self.kernel_size[0], self.stride[0], self.dilation[0])
             left, right = tf_same_padding(x.shape[-1], self.kernel_size[1], self.stride[1], self.dilation[1])

@@ -27,6 +27,7 @@ class Bottleneck(nn.Module):
                                             nn.BatchNorm2d(cout, eps=bn_eps))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the bottleneck and add the (downsampled) shortcut, then ReLU."""
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
@@ -56,5 +57,6 @@ class ResNet50Block3(nn.Module):
         return nn.Sequential(*units)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Compute the block-3 feature map of [B, 3, H, W] images."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         return self.layer3(self.layer2(self.layer1(x)))

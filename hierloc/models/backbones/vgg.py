@@ -29,4 +29,5 @@ class VGG16Conv5(nn.Module):
         self.stride = 16
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Compute the conv5_3 feature map of [B, 3, H, W] images."""
         return self.features(x)

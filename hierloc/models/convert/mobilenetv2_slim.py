@@ -24,8 +24,14 @@ import torch
 
 from ...utils.io import atomic_path
 from ..backbones.mobilenetv2 import INVERTED_RESIDUAL_SETTING, NUM_ENDPOINTS, MobileNetV2, make_divisible
-from .common import (ConversionError, StateBuilder, conv_hwio_to_oihw, dense_io_to_oi, depthwise_hwim_to_oihw,
-                     make_provenance)
+from .common import (
+    ConversionError,
+    StateBuilder,
+    conv_hwio_to_oihw,
+    dense_io_to_oi,
+    depthwise_hwim_to_oihw,
+    make_provenance,
+)
 from .tf_checkpoint import TensorBundleReader
 
 SCOPE = "MobilenetV2"

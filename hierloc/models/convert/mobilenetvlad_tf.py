@@ -29,8 +29,15 @@ from ..backbones.mobilenetv2 import endpoint_index
 from ..checkpoint import load_state_dict_strict, save_checkpoint
 from ..configs import MobileNetVLADConfig, config_to_dict
 from .common import ConversionError, StateBuilder, conv_hwio_to_oihw, dense_io_to_oi, make_provenance
-from .mobilenetv2_slim import (BN_EPSILON, BOOKKEEPING_VARIABLES, SCOPE, infer_depth_multiplier, map_trunk,
-                               select_ema, trunk_layers_present)
+from .mobilenetv2_slim import (
+    BN_EPSILON,
+    BOOKKEEPING_VARIABLES,
+    SCOPE,
+    infer_depth_multiplier,
+    map_trunk,
+    select_ema,
+    trunk_layers_present,
+)
 from .tf_checkpoint import TensorBundleReader
 from .tf_saved_model import SAVED_MODEL_FILE, MobileNetVLADGraph, describe_mobilenetvlad_graph
 
@@ -59,7 +66,8 @@ def config_from_checkpoint(shapes: dict[str, tuple[int, ...]], graph: MobileNetV
     reduction = shapes.get(f"{REDUCTION}/weights")
     endpoint = graph.vlad_endpoint if graph else "layer_18"
     if endpoint_index(endpoint) > trunk_layers:
-        raise ConversionError(f"the VLAD layer reads {endpoint} but the checkpoint's trunk stops at layer_{trunk_layers}")
+        raise ConversionError(f"the VLAD layer reads {endpoint} "
+                              f"but the checkpoint's trunk stops at layer_{trunk_layers}")
     config = MobileNetVLADConfig(
         depth_multiplier=infer_depth_multiplier(shapes),
         endpoint=endpoint,

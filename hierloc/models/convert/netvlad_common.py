@@ -40,7 +40,8 @@ def build_netvlad_checkpoint(
     centers = negated_centers.reshape(negated_centers.shape[-2], negated_centers.shape[-1])  # [D, K]
     dim, clusters = assignment.shape
     if centers.shape != (dim, clusters):
-        raise ConversionError(f"{source}: cluster centres {centers.shape} do not match the assignment {assignment.shape}")
+        raise ConversionError(f"{source}: cluster centres {centers.shape} "
+                              f"do not match the assignment {assignment.shape}")
     if dim != 512:
         raise ConversionError(f"{source}: VLAD on {dim}-D features; VGG16 conv5_3 gives 512")
     if average_rgb.size != 3:

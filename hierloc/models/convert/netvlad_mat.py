@@ -92,7 +92,8 @@ def convert_netvlad_mat(source: str | os.PathLike, output: str | os.PathLike, na
         elif kind == "pool":
             pool = np.atleast_1d(_field(layer, "pool", 2))
             if str(_field(layer, "method", "max")) != "max" or np.any(pool != 2) or \
-                    np.any(np.asarray(_field(layer, "stride", 2)) != 2) or np.any(np.asarray(_field(layer, "pad", 0)) != 0):
+                    np.any(np.asarray(_field(layer, "stride", 2)) != 2) or \
+                    np.any(np.asarray(_field(layer, "pad", 0)) != 0):
                 raise ConversionError(f"{where}: only max pooling 2x2, stride 2, pad 0 is supported")
         elif kind == "normalize":
             param = np.asarray(_field(layer, "param", []), dtype=np.float64).reshape(-1)

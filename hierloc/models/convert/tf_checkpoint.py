@@ -94,7 +94,10 @@ def _build_messages() -> tuple[type, type]:
     ])
     pool = descriptor_pool.DescriptorPool()
     pool.Add(proto)
-    get = lambda name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"hierloc.tensorflow.{name}"))
+
+    def get(name: str) -> type:
+        return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"hierloc.tensorflow.{name}"))
+
     return get("BundleHeaderProto"), get("BundleEntryProto")
 
 
