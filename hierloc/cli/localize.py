@@ -47,6 +47,9 @@ def register(subparsers) -> None:
     p.add_argument("--matcher", default=None, choices=MATCHER_NAMES, help="override the map's matcher")
     p.add_argument("--matches-png", type=non_negative_int, default=4,
                    help="draw the inlier matches of the first N queries (default 4; 0: none)")
+    p.add_argument("--sequence", action="store_true",
+                   help="the queries are one stream in order (a folder of frames, a bag): localize each around "
+                        "the previous pose while tracking holds, with global retrieval when lost")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     add_threads_argument(p)
     p.set_defaults(func=run)
@@ -64,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     config = LocalizeConfig(Path(args.map), list(args.queries), Path(args.out), image_topic=args.image_topic,
                             camera=args.camera, ground_truth=args.ground_truth, localizer=localizer,
                             matcher=args.matcher, matches_png=args.matches_png, device=args.device,
-                            threads=args.threads)
+                            threads=args.threads, sequence=args.sequence)
     result = localize_queries(config, on_start=_print_start)
     _print_results(result)
     return 0
@@ -82,7 +85,7 @@ def _print_results(run: LocalizeRun) -> None:
         status = (f"{result.num_inliers} inliers / {result.num_correspondences}" if result.success
                   else f"FAILED ({result.message})")
         print(f"{result.name}: {status}, place of {len(result.place)} images, "
-              f"{1000 * result.timings['total']:.0f} ms")
+              f"{1000 * result.timings['total']:.0f} ms ({result.retrieval_path})")
     outputs = ["poses.txt (hloc format)", "results.json"]
     evaluation = run.evaluation
     if evaluation is not None:

@@ -79,6 +79,7 @@ class LocalizationResult:
     num_keypoints: int = 0
     inlier_matches: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # map image -> (K, 2) q, map kp
     query_keypoints: np.ndarray | None = field(default=None, repr=False)
+    retrieval_path: str = "global"  # which path chose the keyframes: "global" retrieval, "tracking", "given"
 
     @property
     def T_world_cam(self) -> np.ndarray | None:
@@ -98,7 +99,8 @@ class LocalizationResult:
                 "num_keypoints": self.num_keypoints,
                 "camera": {"model": self.camera.model, "width": self.camera.width, "height": self.camera.height,
                            "params": self.camera.params.tolist(), "source": self.camera_source},
-                "retrieved": self.retrieved, "place": self.place, "attempts": self.attempts,
+                "retrieved": self.retrieved, "retrieval_path": self.retrieval_path, "place": self.place,
+                "attempts": self.attempts,
                 "timings_s": self.timings}
 
 
@@ -163,12 +165,12 @@ class Localizer:
 
     # ------------------------------------------------------------------ stages
 
-    def retrieve(self, image: np.ndarray) -> list[str]:
-        """Map images most similar to the query, best first (all of them without a global index)."""
+    def retrieve(self, image: np.ndarray, k: int | None = None) -> list[str]:
+        """Map images most similar to the query, best first: `k` (default `num_retrieved`); all without an index."""
         if self._retriever is None:
             return list(self.scene.names)
         descriptor = self._global.describe(image)
-        k = min(self.config.num_retrieved, len(self.scene))
+        k = min(k or self.config.num_retrieved, len(self.scene))
         return [hit.name for hit in self._retriever.retrieve(descriptor, k=k)[0]]
 
     def places(self, candidates: Sequence[str]) -> list[list[str]]:
@@ -242,15 +244,22 @@ class Localizer:
     # ------------------------------------------------------------------ the query
 
     def localize(self, image: np.ndarray, camera: Camera | None = None, name: str = "query",
-                 image_path: str | os.PathLike | None = None) -> LocalizationResult:
-        """Pose of one query image (HxW or HxWx3); `camera` default: EXIF of `image_path`, else a guess."""
-        return self._match_and_pose(self._describe(image), image, camera, name, image_path)
+                 image_path: str | os.PathLike | None = None,
+                 candidates: Sequence[str] | None = None) -> LocalizationResult:
+        """Pose of one query image (HxW or HxWx3); `camera` default: EXIF of `image_path`, else a guess.
 
-    def _describe(self, image: np.ndarray) -> _Described:
-        """The network stages of a query: retrieval (global descriptor + search) and local features."""
+        `candidates` (map image names, best first) replace global retrieval: a tracker that knows
+        where the camera was passes the keyframes around its previous pose and skips the network.
+        """
+        result = self._match_and_pose(self._describe(image, candidates), image, camera, name, image_path)
+        result.retrieval_path = "global" if candidates is None else "given"
+        return result
+
+    def _describe(self, image: np.ndarray, candidates: Sequence[str] | None = None) -> _Described:
+        """The network stages of a query: retrieval (global descriptor + search, unless given) and local features."""
         timings = {stage: 0.0 for stage in STAGES}
         t0 = time.perf_counter()
-        retrieved = self.retrieve(image)
+        retrieved = self.retrieve(image) if candidates is None else list(candidates)
         timings["retrieval"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         features = self.extractor.extract(image)

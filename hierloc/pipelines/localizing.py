@@ -25,6 +25,7 @@ import numpy as np
 if TYPE_CHECKING:
     from ..evaluation.pose_errors import Similarity
     from ..localization import LocalizationResult, Localizer, LocalizerConfig, QueryImage, SceneMap
+    from ..localization.tracking import TrackingConfig
     from ..maps.types import Camera, Keyframe
 
 logger = logging.getLogger(__name__)
@@ -137,7 +138,27 @@ class LocalizeConfig:
     device: str = "cpu"
     threads: int | None = None  # CPU threads of torch/OpenCV/faiss; None: all usable cores
     overlap: bool | None = None  # decode/describe the next queries while posing one; None: on GPUs only
+    sequence: bool = False  # the queries are a stream in order: track around the previous pose (Tracker)
     progress: bool = True  # a progress bar over the queries (stderr)
+
+
+def track_sequence(localizer: Localizer, queries: Sequence[QueryImage], progress: bool = True,
+                   tracking: TrackingConfig | None = None) -> list[LocalizationResult]:
+    """Localize queries as one ordered stream with a Tracker; each result says which path served it."""
+    from tqdm import tqdm
+
+    from ..localization.tracking import Tracker
+
+    tracker = Tracker(localizer, tracking)
+    results = []
+    for query in tqdm(queries, desc="tracking", unit="frame", disable=not progress):
+        t0 = time.perf_counter()
+        image = query.load()
+        decode_seconds = time.perf_counter() - t0
+        result = tracker.track(image, query.camera, query.name, query.image_path)
+        result.timings["decode"] = decode_seconds
+        results.append(result)
+    return results
 
 
 @dataclass
@@ -377,7 +398,10 @@ def localize_queries(config: LocalizeConfig,
     if on_start is not None:
         on_start(LocalizeStart(summary, load_seconds, len(queries)))
 
-    results = localizer.localize_many(queries, progress=config.progress, overlap=config.overlap)
+    if config.sequence:
+        results = track_sequence(localizer, queries, progress=config.progress)
+    else:
+        results = localizer.localize_many(queries, progress=config.progress, overlap=config.overlap)
     run = LocalizeRun(Path(config.map), summary, load_seconds, results, summarize_timings(results), out=out)
     if ground_truth is not None:
         run.evaluation = evaluate_poses(results, scene, ground_truth, truth_of)
