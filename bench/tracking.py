@@ -18,6 +18,7 @@ import numpy as np
 
 from hierloc.evaluation.pose_errors import pose_errors, summarize_errors
 from hierloc.localization import GlobalConfig, Localizer, LocalizerConfig, MapBuildConfig, build_scene_map
+from hierloc.localization.localizer import summarize_timings
 from hierloc.localization.tracking import Tracker
 from hierloc.maps.synthetic import make_synthetic_map
 from hierloc.utils.io import atomic_write_text, to_json_text
@@ -34,7 +35,8 @@ def summarize(results, truth: dict, seconds: list[float]) -> dict:
             "median_translation_cm": 100 * errors["median_translation_m"],
             "median_rotation_deg": errors["median_rotation_deg"],
             "ms_per_frame_median": 1e3 * float(np.median(seconds)), "ms_per_frame_mean": 1e3 * float(np.mean(seconds)),
-            "paths": paths}
+            "paths": paths,
+            "stage_ms_median": {stage: 1e3 * value["median_s"] for stage, value in summarize_timings(results).items()}}
 
 
 def main() -> None:
@@ -82,6 +84,8 @@ def main() -> None:
         print(f"{mode:12s} {row['localized']:5d}/{row['frames']:<3d} {row['median_translation_cm']:10.2f} "
               f"{row['median_rotation_deg']:11.3f} {row['ms_per_frame_median']:13.1f} {row['ms_per_frame_mean']:7.1f}"
               f"  {row['paths']}")
+    for mode, row in report["modes"].items():
+        print(f"{mode} stage medians (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in row["stage_ms_median"].items()))
     print(f"tracking is {report['speedup_median']:.2f}x faster per frame (median)")
     if args.json:
         atomic_write_text(args.json, to_json_text(report, indent=2))
