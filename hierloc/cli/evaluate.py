@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .common import add_threads_argument
+from .common import add_rerank_arguments, add_threads_argument, rerank_config
 from .validators import non_negative_int, positive_float, positive_int
 
 if TYPE_CHECKING:
@@ -42,6 +42,11 @@ def register(subparsers) -> None:
     p.add_argument("--search", default="flat", help="search structure: flat (exact, default), hnsw, ivfpq")
     p.add_argument("--search-param", action="append", default=[], metavar="KEY=VALUE",
                    help="parameter of the search structure (repeatable), e.g. ef_search=64")
+    p.add_argument("--sequence-length", type=positive_int, default=None, metavar="N",
+                   help="also rank by sequences (SeqSLAM-style: contrast enhancement, straight-line search over "
+                        "velocities, repeated frames left out) of the N frames ending at each query, reported beside "
+                        "single-frame recall as '<method> + sequence N'; assumes both image sets are ordered "
+                        "sequences, in the order they were recorded (as Nordland's)")
     g = p.add_argument_group("dataset options")
     g.add_argument("--reference", default=None, help="reference session/season/folder (dataset default)")
     g.add_argument("--queries", nargs="+", default=None, help="query sessions/seasons/folder (dataset default)")
@@ -79,6 +84,7 @@ def register(subparsers) -> None:
     r.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     r.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass (default 8)")
     add_threads_argument(r)
+    add_rerank_arguments(p, index=False)
     p.set_defaults(func=run)
 
 
@@ -107,7 +113,8 @@ def config_from_args(args: argparse.Namespace) -> EvaluationConfig:
         cache_dir=None if args.no_cache else Path(args.cache) if args.cache else default_cache_dir(),
         json_path=Path(args.json) if args.json else None, out_dir=Path(args.out) if args.out else None,
         top_k=args.top_k, examples=args.examples, device=args.device, precision=args.precision,
-        batch_size=args.batch_size, threads=args.threads,
+        batch_size=args.batch_size, threads=args.threads, rerank=rerank_config(args),
+        sequence_length=args.sequence_length,
         command="hierloc " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if from_shell else "")
 
 

@@ -19,13 +19,15 @@ from . import (
     map_build,
     models,
     query,
+    ros,
+    serve,
     time_query,
     train,
 )
 from .common import setup_logging
 
 SUBCOMMANDS = [demo, extract, index, query, time_query, models, convert, map_build, localize, train, export_descriptors,
-               export_model, download_landmarks, evaluate]
+               export_model, download_landmarks, evaluate, serve, ros]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Parse the arguments and run the subcommand; user errors print one line, not a traceback."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # only `hierloc ros` takes more: ROS's NAME:=VALUE arguments, anywhere on its line
+        if not (getattr(args, "ros_arguments", False) and all(":=" in a for a in unknown)):
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.ros_args = [*args.ros_args, *unknown]
     setup_logging(args.verbose)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -50,3 +50,5 @@ non_negative_float = _bounded(_parse_float, lambda v: v >= 0, "0 or a positive n
                               "A finite number >= 0.")
 field_of_view = _bounded(_parse_float, lambda v: 0 < v < 180, "a field of view in degrees between 0 and 180",
                          "field_of_view", "A horizontal field of view in degrees, strictly between 0 and 180.")
+port_number = _bounded(_parse_int, lambda v: 0 <= v <= 65535, "a TCP port from 0 to 65535", "port_number",
+                      "A TCP port, 0 to 65535 (0: a free one chosen by the system).")

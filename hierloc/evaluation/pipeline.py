@@ -55,6 +55,8 @@ class Result:
     metrics: RankingMetrics
     ground_truth: GroundTruth
     search_seconds: float
+    rerank: dict | None = None  # a geometrically re-ranked result: its base method, K, options, ms per query
+    sequence: dict | None = None  # a sequence-matched result (hierloc.evaluation.sequences): length, options
 
     @property
     def pca_label(self) -> str:
@@ -73,7 +75,8 @@ class Result:
             "average_precision": float(m.precision_recall.average_precision),
             "valid_queries": gt["valid_queries"], "queries_without_ground_truth": gt["queries_without_ground_truth"],
             "references": gt["references"], "search_seconds": self.search_seconds,
-        }
+        } | ({"rerank": self.rerank} if self.rerank is not None else {}) \
+            | ({"sequence": self.sequence} if self.sequence is not None else {})
 
 
 def _finite(value: float) -> float | None:
@@ -126,13 +129,17 @@ class Evaluation:
     def table(self, ns: Sequence[int] = RECALL_NS) -> str:
         """A plain-text table of recall@N (percent) and average precision per method, PCA size and query set."""
         header = ["query set", "method", "PCA", "dim"] + [f"R@{n}" for n in ns] + ["R@1%", "AP"]
+        reranked = any(r.rerank is not None for r in self.results)
+        header += ["+ms/query"] if reranked else []
         rows = []
         for r in self.results:
             s = r.summary(ns)
             rows.append([r.query_set, r.method, r.pca_label, str(r.ranking.search_dim)]
                         + [f"{100 * s['recall'][str(n)]:.1f}" if str(n) in s["recall"] else "-" for n in ns]
                         + ["-" if s["recall_at_1_percent"] is None else f"{100 * s['recall_at_1_percent']:.1f}",
-                           f"{100 * s['average_precision']:.1f}"])
+                           f"{100 * s['average_precision']:.1f}"]
+                        + ([f"{r.rerank['ms_per_query']:.0f}" if r.rerank and r.rerank["ms_per_query"] else "-"]
+                           if reranked else []))
         widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
         lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
         lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
@@ -361,6 +368,8 @@ class EvaluationConfig:
     batch_size: int = 8
     threads: int | None = None
     command: str = ""  # the command line, recorded in the JSON and the HTML page
+    rerank: Any = None  # a hierloc.reranking.RerankConfig: also every ranking re-sorted by verified local matches
+    sequence_length: int | None = None  # also every ranking by sequences of this many frames (ordered image sets)
 
     def validate(self) -> None:
         """Refuse bad values with a one-line ValueError (FileNotFoundError for a missing dataset) before
@@ -387,6 +396,11 @@ class EvaluationConfig:
             raise ValueError(f"--search {self.search!r}: choose one of {', '.join(available_backends())}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if self.rerank is not None:
+            self.rerank.validate()
+        if self.sequence_length is not None and (isinstance(self.sequence_length, bool) or
+                                                 not isinstance(self.sequence_length, int) or self.sequence_length < 1):
+            raise ValueError(f"--sequence-length must be a positive integer, got {self.sequence_length!r}")
         queries = self.dataset.queries
         if queries is not None and len(queries) != 1 and self.resolved_kind() not in MULTI_QUERY_KINDS:
             raise ValueError(f"a {self.resolved_kind()} dataset has one query folder; got {len(queries)}")
@@ -417,7 +431,8 @@ class EvaluationConfig:
 
     def settings(self) -> EvaluationSettings:
         """What is measured."""
-        return EvaluationSettings(pca_dims=self.pca_dims, max_n=self.max_n, backend=self.search,
+        max_n = max(self.max_n, self.rerank.k) if self.rerank is not None else self.max_n
+        return EvaluationSettings(pca_dims=self.pca_dims, max_n=max_n, backend=self.search,
                                   backend_params=dict(self.search_params), batch_size=self.batch_size)
 
 
@@ -440,6 +455,16 @@ class EvaluationResult:
                 run.method.kind != "precomputed" else ""
             describer = f" ({run.describer.summary()})" if run.describer is not None else ""
             lines.append(f"{run.method.label}: {run.descriptor_dim}-D{timing}{cached}{describer}")
+        for result in evaluation.results:
+            info = result.rerank
+            if info is None or info["ms_per_query"] is None:
+                continue
+            stages = ", ".join(f"{key} {value:.1f}" for key, value in info["stages_ms"].items())
+            lines.append(f"{result.method} (PCA {result.pca_label}, {result.query_set}): +{info['ms_per_query']:.1f} "
+                         f"ms per query (median {info['median_ms_per_query']:.1f}, {info['cpu_ms_per_query']:.1f} ms "
+                         f"CPU; {stages}), "
+                         f"{info['inconclusive']} of {info['queries']} queries kept their global order; "
+                         f"reference features in {info['reference_features']}")
         if self.json_path is not None:
             lines.append(f"numbers written to {self.json_path}")
         if self.out_dir is not None:
@@ -461,6 +486,14 @@ def evaluate(config: EvaluationConfig) -> EvaluationResult:
     configure_threads(config.threads)
     dataset = config.load_dataset()
     evaluation = evaluate_methods(dataset, methods, config.settings(), config.cache_dir)
+    if config.rerank is not None:
+        from .reranking import rerank_evaluation
+
+        rerank_evaluation(evaluation, config.rerank, config.cache_dir)
+    if config.sequence_length is not None:
+        from .sequences import sequence_evaluation
+
+        sequence_evaluation(evaluation, config.sequence_length)
     extra = {"command": config.command} if config.command else None
     json_path = write_json(evaluation, config.json_path, extra) if config.json_path is not None else None
     files = {}

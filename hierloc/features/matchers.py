@@ -53,6 +53,11 @@ def _unmatched(n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.full(n, -1, np.int32), np.zeros(n, np.float32)
 
 
+def _as_tensor(values: np.ndarray | torch.Tensor) -> torch.Tensor:
+    return values if isinstance(values, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(values,
+                                                                                                 dtype=np.float32))
+
+
 class MutualNearestNeighbor(Matcher):
     """Keeps i <-> j when each is the other's nearest neighbour and the optional tests pass."""
 
@@ -80,6 +85,52 @@ class MutualNearestNeighbor(Matcher):
             sim01, nn01, mutual = self._search_faiss(np.asarray(descriptors0), np.asarray(descriptors1), need_two)
         else:
             sim01, nn01, mutual = self._search_torch(descriptors0, descriptors1, need_two)
+        return self._select(sim01, nn01, mutual)
+
+    def match_many(self, descriptors0: np.ndarray | torch.Tensor, others: list[np.ndarray | torch.Tensor],
+                   max_elements: int = 1 << 22) -> list[tuple[np.ndarray, np.ndarray]]:
+        """`match_descriptors(descriptors0, d)` for every d of `others`, as batched matrix products (torch).
+
+        Candidates are zero-padded to the largest and processed in chunks of at most `max_elements`
+        similarities; the matches are those of each pair on its own (up to floating-point rounding).
+        """
+        n0, need_two = len(descriptors0), self.config.ratio_threshold is not None
+        results: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(others)
+        todo = [i for i, d in enumerate(others) if n0 and len(d) >= (2 if need_two else 1)]
+        for i in set(range(len(others))) - set(todo):
+            results[i] = _unmatched(n0)
+        if self.config.backend != "torch" or not todo:
+            for i in todo:
+                results[i] = self.match_descriptors(descriptors0, others[i])
+            return results
+        t0 = _as_tensor(descriptors0).float()
+        largest = max(len(others[i]) for i in todo)
+        chunk = max(1, max_elements // max(1, n0 * largest))
+        for start in range(0, len(todo), chunk):
+            rows = todo[start:start + chunk]
+            sizes = [len(others[i]) for i in rows]
+            width = max(sizes)
+            padded = t0.new_zeros((len(rows), width, t0.shape[1]))
+            for b, i in enumerate(rows):
+                padded[b, :sizes[b]] = _as_tensor(others[i]).float()
+            with torch.inference_mode():
+                similarity = torch.matmul(t0[None], padded.transpose(1, 2))  # (B, N0, width)
+                if min(sizes) < width:  # padded columns never win
+                    counts = torch.tensor(sizes, device=t0.device)[:, None]
+                    valid = torch.arange(width, device=t0.device)[None, :] < counts
+                    similarity.masked_fill_(~valid[:, None, :], -float("inf"))
+                top = similarity.topk(2, dim=2) if need_two else similarity.max(dim=2, keepdim=True)
+                column_best = similarity.amax(dim=1)  # (B, width)
+                mutual = top.values[..., 0] >= torch.gather(column_best, 1, top.indices[..., 0])
+            values, indices, mutual = top.values.cpu().numpy(), top.indices.cpu().numpy(), mutual.cpu().numpy()
+            for b, i in enumerate(rows):
+                results[i] = self._select(values[b], indices[b], mutual[b].copy())
+        return results
+
+    def _select(self, sim01: np.ndarray, nn01: np.ndarray, mutual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """matches0 and scores from the top similarities (N0, 1|2), their columns and the mutual test."""
+        n0 = len(sim01)
+        need_two = self.config.ratio_threshold is not None
         best = sim01[:, 0]
         keep = mutual
         if self.config.min_similarity is not None:

@@ -279,6 +279,9 @@ class QueryConfig:
     pca_dims: int | None = None
     describer: DescriberChoice = field(default_factory=lambda: DescriberChoice(spelling=None))
     progress: bool = True
+    rerank: Any = None  # a hierloc.reranking.RerankConfig: the top rerank.k re-sorted by verified local matches
+    reference_root: str | None = None  # re-ranking: folder the keyframe names are relative to (old indexes)
+    rerank_all: bool = False  # re-ranking: compute the features of every keyframe first (else only candidates')
 
 
 @dataclass
@@ -292,6 +295,8 @@ class QueryHit:
     distance: float
     position: list[float] | None = None
     rotation: list[list[float]] | None = None
+    inliers: int | None = None  # re-ranking score: RANSAC inliers of the local matches (None: not re-ranked)
+    global_rank: int | None = None  # re-ranking: rank by global descriptor alone
 
     @classmethod
     def from_retrieval(cls, hit: Retrieval) -> QueryHit:
@@ -306,6 +311,8 @@ class QueryHit:
                "distance": self.distance if np.isfinite(self.distance) else None}
         if self.position is not None:
             out["position"], out["rotation"] = self.position, self.rotation
+        if self.global_rank is not None:
+            out["inliers"], out["global_rank"] = self.inliers, self.global_rank
         return out
 
 
@@ -318,14 +325,18 @@ class QueryResult:
     k: int
     max_distance: float
     pca_dims: int | None
-    queries: list[dict[str, Any]]  # {"query", "path", "results": [QueryHit]}
+    queries: list[dict[str, Any]]  # {"query", "path", "results": [QueryHit][, "rerank": {...}]}
+    rerank: dict[str, Any] | None = None  # re-ranking options, reference features, mean ms per stage
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict (the infinite default max distance is null)."""
-        return {"index": str(self.index), "describer": self.describer, "k": self.k,
-                "max_distance": self.max_distance if np.isfinite(self.max_distance) else None,
-                "pca_dims": self.pca_dims,
-                "queries": [{**q, "results": [hit.to_json() for hit in q["results"]]} for q in self.queries]}
+        out = {"index": str(self.index), "describer": self.describer, "k": self.k,
+               "max_distance": self.max_distance if np.isfinite(self.max_distance) else None,
+               "pca_dims": self.pca_dims,
+               "queries": [{**q, "results": [hit.to_json() for hit in q["results"]]} for q in self.queries]}
+        if self.rerank is not None:
+            out["rerank"] = self.rerank
+        return out
 
 
 def open_index(path: str | Path, describer: DescriberChoice,
@@ -351,13 +362,56 @@ def query_index(config: QueryConfig) -> QueryResult:
     if not images:
         raise ValueError(f"no images found in {', '.join(config.images)}")
     retriever, describer = open_index(config.index, config.describer, config.pca_dims)
+    reranker = None
+    if config.rerank is not None:  # refused before any query is described
+        from ..reranking import reranker_for_index
+
+        reranker = reranker_for_index(config.index, config.rerank, config.reference_root, progress=config.progress)
+    k = max(config.k, config.rerank.k) if reranker is not None else config.k
     queries = []
     for path, name in tqdm(images, desc="queries", unit="img", disable=not config.progress or len(images) < 2):
         descriptor = describer.describe(read_image(path))
-        hits = retriever.retrieve(descriptor, k=config.k, max_distance=config.max_distance)[0]
+        hits = retriever.retrieve(descriptor, k=k, max_distance=config.max_distance)[0]
         queries.append({"query": name, "path": str(path), "results": [QueryHit.from_retrieval(h) for h in hits]})
-    return QueryResult(Path(config.index), describer.identity.summary(), config.k, config.max_distance,
-                       config.pca_dims, queries)
+    result = QueryResult(Path(config.index), describer.identity.summary(), config.k, config.max_distance,
+                         config.pca_dims, queries)
+    if reranker is not None:
+        try:
+            result.rerank = _rerank_queries(reranker, queries, config)
+        finally:
+            reranker.close()
+    for query in queries:
+        query["results"] = query["results"][: config.k]
+    return result
+
+
+def _rerank_queries(reranker, queries: list[dict[str, Any]], config: QueryConfig) -> dict[str, Any]:
+    """Re-sort each query's hits by verified local matches (in place); the summary for QueryResult.rerank."""
+    from ..utils.images import read_image
+
+    references = reranker.references
+    prepare_seconds = references.prepare_all() if config.rerank_all else references.prepare(
+        [hit.name for q in queries for hit in q["results"][: config.rerank.k]])
+    stages: dict[str, list[float]] = {}
+    for query in tqdm(queries, desc="re-ranking", unit="img", disable=not config.progress or len(queries) < 2):
+        hits = query["results"]
+        outcome = reranker.rerank(read_image(query["path"]), [h.name for h in hits], [h.distance for h in hits])
+        reordered = []
+        for rank, candidate in enumerate(outcome.candidates):
+            hit = hits[candidate.global_rank]
+            hit.rank, hit.global_rank = rank, candidate.global_rank
+            hit.inliers = candidate.inliers if candidate.global_rank < config.rerank.k else None
+            reordered.append(hit)
+        query["results"] = reordered
+        query["rerank"] = {"conclusive": outcome.conclusive,
+                           "timings_ms": {key: 1e3 * value for key, value in outcome.timings.items()}}
+        for key, value in outcome.timings.items():
+            stages.setdefault(key, []).append(value)
+    return {"config": config.rerank.to_json(),
+            "reference_features": None if references.path is None else str(references.path),
+            "reference_features_seconds": prepare_seconds,
+            "inconclusive": sum(not q["rerank"]["conclusive"] for q in queries),
+            "mean_ms": {key: 1e3 * float(np.mean(values)) for key, values in stages.items()}}
 
 
 @dataclass
