@@ -119,6 +119,16 @@ class Evaluation:
     results: list[Result]
     ground_truths: dict[str, GroundTruth]
 
+    def insert_derived(self, derived: dict[int, Result]) -> list[Result]:
+        """Put each derived result (keyed by `id` of the result it came from) right after its source; return them."""
+        ordered = []
+        for result in self.results:
+            ordered.append(result)
+            if id(result) in derived:
+                ordered.append(derived[id(result)])
+        self.results[:] = ordered
+        return list(derived.values())
+
     def result(self, method: str, pca_dims: int | None, query_set: str) -> Result:
         """The result of one cell."""
         for r in self.results:

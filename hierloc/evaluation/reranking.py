@@ -64,13 +64,7 @@ def rerank_evaluation(evaluation: Evaluation, config: RerankConfig, cache_dir: s
                 added[id(result)] = reranked
     finally:
         reranker.close()
-    ordered = []
-    for result in evaluation.results:
-        ordered.append(result)
-        if id(result) in added:
-            ordered.append(added[id(result)])
-    evaluation.results[:] = ordered
-    return list(added.values())
+    return evaluation.insert_derived(added)
 
 
 def _rerank_query_set(reranker: GeometricReranker, results: list[Result], query_set, keys: list[str],

@@ -67,13 +67,7 @@ def sequence_evaluation(evaluation: Evaluation, length: int) -> list[Result]:
         added[id(result)] = Result(sequence_label(result.method, length), result.pca_dims, result.query_set,
                                    ranking, ranking_metrics(ranking.rows, ranking.distances, result.ground_truth),
                                    result.ground_truth, seconds, sequence=info)
-    ordered = []
-    for result in evaluation.results:
-        ordered.append(result)
-        if id(result) in added:
-            ordered.append(added[id(result)])
-    evaluation.results[:] = ordered
-    return list(added.values())
+    return evaluation.insert_derived(added)
 
 
 __all__ = ["sequence_evaluation", "sequence_label"]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .images import ImageReadError, to_grayscale
+from .images import ImageReadError, from_opencv
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SOI = b"\xff\xd8"
@@ -120,10 +120,4 @@ def decode_image_bytes(data: bytes, max_pixels: int, grayscale: bool = False) ->
     if image.shape[:2] != (header.height, header.width):
         raise ImageReadError(f"{header.format.upper()} decodes to {image.shape[1]}x{image.shape[0]} pixels but "
                              f"declares {header.width}x{header.height}")
-    if image.ndim == 3 and image.shape[2] == 4:
-        image = image[:, :, :3]
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    if grayscale and image.ndim == 3:
-        image = to_grayscale(image)
-    return image
+    return from_opencv(image, grayscale)

@@ -27,6 +27,11 @@ def read_image(path: str | os.PathLike, grayscale: bool = False) -> np.ndarray:
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if image is None or image.size == 0:
         raise ImageReadError(f"{path}: not a readable image (corrupt, truncated or unknown format)")
+    return from_opencv(image, grayscale)
+
+
+def from_opencv(image: np.ndarray, grayscale: bool = False) -> np.ndarray:
+    """An image as OpenCV decodes it (BGR, BGRA or gray) as hierloc's convention: RGB or gray, alpha dropped."""
     if image.ndim == 3 and image.shape[2] == 4:
         image = image[:, :, :3]
     if image.ndim == 3:
