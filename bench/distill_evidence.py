@@ -1,4 +1,4 @@
-"""Evidence that distillation learns: MobileNetVLAD students distilled from DenseVLAD, on the CPU.
+"""Evidence that distillation learns: MobileNetVLAD students distilled from DenseVLAD, on the CPU, over seeds.
 
 The teacher needs no weights: DenseVLAD (dense RootSIFT, VLAD, PCA-whitening) with a vocabulary
 fitted on the training images. Students: `mobilenetvlad` (depth 0.35, seeded initialisation) and
@@ -10,34 +10,65 @@ augmentation and small crops. Evaluation on the last `--eval-places` places, whi
 never sees: summer frames are the map, winter frames the queries, the same file name is the same
 place (recall@N strict; "+-2" also accepts the two neighbouring frames on each side).
 
-Prints the table, writes JSON (`--json`) and a PNG of the recall curves. Every stage is cached in
-`--work` (teacher descriptors are resumable, training resumes), so a rerun only does what is left.
+Seeds: the whole benchmark runs for seeds 0..`--seeds`-1. A seed sets the teacher's fitting images,
+vocabulary (k-means) and PCA, each student's initialisation (network and VLAD k-means), data order
+and augmentation. For a given seed the numbers are the same whatever `--threads`: every process
+computes on ONE thread (CPU convolutions and reductions give other bits with other thread counts),
+and `--threads N` runs N such processes side by side (teachers, descriptor exports, evaluations
+and trainings of different seeds and students), which on a small CPU is also faster than threads
+inside one small-batch training.
 
-    python bench/distill_evidence.py --work /tmp/hierloc_distill --iterations 3000 --threads 1 \
-        --json bench/results/distill_evidence.json
+Prints the mean and spread (half the min-max range) over seeds and the per-seed figures, writes
+JSON (`--json`: per seed, mean/min/max, and `ratio_r5` = student R@5 / teacher R@5 of the same seed)
+and a PNG of the mean recall curves. Every stage is cached in `--work` (per seed; teacher
+descriptors are resumable, training resumes), so a rerun only does what is left; a work folder
+holds one set of settings (`settings.json`), other settings need another `--work`.
+
+    python bench/distill_evidence.py --work /tmp/hierloc_distill --iterations 3000 --batch-size 8 \
+        --teacher-fit-images 1500 --seeds 3 --threads 2 --json bench/results/distill_evidence.json
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 import os
-import platform
-import time
-from pathlib import Path
 
-import numpy as np
+# One thread per process, set before numpy, torch, faiss or OpenCV load their thread pools (see above).
+for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_variable] = "1"
+os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars of parallel processes would interleave
 
-from hierloc.utils.io import atomic_write_text, to_json_text
-from hierloc.utils.threads import configure_threads
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import multiprocessing  # noqa: E402
+import platform  # noqa: E402
+import time  # noqa: E402
+from concurrent.futures import ProcessPoolExecutor  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from hierloc.utils.io import atomic_path, atomic_write_text, to_json_text  # noqa: E402
+from hierloc.utils.threads import configure_threads  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 EXTRA_FOLDERS = {"strecha_fountain": "strecha/fountain-P11/images", "strecha_herzjesu": "strecha/Herz-Jesus-P25/images",
                  "sacre_coeur": "sacre_coeur/mapping"}
 STUDENTS = ("mobilenetvlad", "mobilenetvlad_imagenet")
+TEACHER = "teacher densevlad"
+# Arguments that change results: a work folder's caches hold one set of them.
+RESULT_SETTINGS = ("train_places", "eval_places", "no_extras", "height", "width", "teacher_dim", "teacher_clusters",
+                   "teacher_fit_images", "iterations", "batch_size", "lr", "lr_imagenet", "freeze_imagenet_backbone",
+                   "validation_size")
 
 logger = logging.getLogger("hierloc.bench")
+
+
+def single_thread_process() -> None:
+    """Initialiser of every worker process (and the main one): one compute thread, INFO logging."""
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(process)d %(levelname)s] %(message)s",
+                        datefmt="%H:%M:%S")
+    configure_threads(1)
 
 
 def link_folder(target: Path, files: list[Path]) -> Path:
@@ -72,40 +103,113 @@ def prepare_folders(work: Path, shared: Path, train_places: int, eval_places: in
     return folders
 
 
-def fit_teacher(work: Path, folders: dict, size: tuple[int, int], args) -> object:
-    """DenseVLAD fitted on the (preprocessed) training images, cached as an .npz file."""
+def check_settings(work: Path, args: argparse.Namespace) -> dict:
+    """The result-changing settings, recorded in WORK/settings.json; other settings need another --work."""
+    settings = {key: getattr(args, key) for key in RESULT_SETTINGS}
+    path = work / "settings.json"
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        changed = {k: (stored.get(k), v) for k, v in settings.items() if stored.get(k) != v}
+        if changed:
+            differences = ", ".join(f"{k}: {a} there, {b} now" for k, (a, b) in changed.items())
+            raise SystemExit(f"{work} holds results of other settings ({differences}): choose another --work")
+    else:
+        work.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, to_json_text(settings, indent=2))
+    return settings
+
+
+# ------------------------------------------------------------------ jobs (each runs in a one-thread process)
+
+
+def fit_teacher(path: str, paths: list[str], size: tuple[int, int], clusters: int, dim: int, seed: int) -> float:
+    """DenseVLAD fitted on preprocessed training images chosen with `seed`, saved to `path`; seconds taken."""
     from hierloc.models.densevlad import DenseVLAD, DenseVLADConfig
+    from hierloc.training.data import preprocess_image
+    from hierloc.utils.images import read_image
+
+    t0 = time.perf_counter()
+    images = [preprocess_image(read_image(p), size, True)[:, :, 0] for p in paths]
+    config = DenseVLADConfig(num_clusters=clusters, pca_dim=dim, whiten=True)
+    teacher = DenseVLAD.fit(images, config, vocabulary_images=min(300, len(images)), pca_images=len(images),
+                            seed=seed, progress=False)
+    teacher.save(path)
+    return time.perf_counter() - t0
+
+
+def export_teacher(teacher_path: str, folder: str, out: str, size: tuple[int, int]) -> None:
+    """Teacher descriptors (NAME.npy) of one training folder, resumable."""
+    from hierloc.models.densevlad import DenseVLAD
+    from hierloc.training.export_descriptors import export_descriptors
+
+    export_descriptors(DenseVLAD.load(teacher_path), [folder], out, preprocessing={"resize": list(size),
+                                                                                   "grayscale": True},
+                       batch_size=16, model_label="densevlad", io_workers=1)
+
+
+def make_describer(spec: dict):
+    """The describer a job spec names: the teacher file, a trained model, or a student's initialisation."""
+    from hierloc.extraction import GlobalExtractor
+
+    if spec["kind"] == "teacher":
+        from hierloc.models.densevlad import DenseVLAD
+
+        return DenseVLAD.load(spec["path"])
+    if spec["kind"] == "trained":
+        from hierloc.models import load_model
+
+        return GlobalExtractor(load_model(spec["name"], weights=spec["path"]), device="cpu")
+    # The untrained initialisation, exactly as training starts from it (incl. k-means VLAD centres).
+    from hierloc.training.model_setup import build_training_model, initialize_vlad_from_images
+    from hierloc.training.tasks import make_task
+
+    config = spec["config"]
+    model = build_training_model(config["model"], None, target_dim=spec["target_dim"], init_seed=config["seed"])
+    if config["model"].get("vlad_init"):
+        task = make_task(config)
+        initialize_vlad_from_images(model, task.sample_images(int(config["model"]["vlad_init_images"])),
+                                    seed=int(config["seed"]))
+    return GlobalExtractor(model, device="cpu")
+
+
+def describe_folder(spec: dict, folder: str, size: tuple[int, int], cache: str) -> float:
+    """[N, D] descriptors of a folder's images (sorted) into `cache` (.npy); milliseconds per image."""
     from hierloc.training.data import preprocess_image
     from hierloc.utils.images import list_images, read_image
 
-    path = work / "teacher" / "densevlad.npz"
-    if path.is_file():
-        return DenseVLAD.load(path)
-    paths = [p for folder in folders["train"].values() for p, _ in list_images([folder])]
-    rng = np.random.default_rng(0)
-    chosen = sorted(rng.choice(len(paths), size=min(len(paths), args.teacher_fit_images), replace=False))
-    images = [preprocess_image(read_image(paths[i]), size, True)[:, :, 0] for i in chosen]
-    config = DenseVLADConfig(num_clusters=args.teacher_clusters, pca_dim=args.teacher_dim, whiten=True)
-    teacher = DenseVLAD.fit(images, config, vocabulary_images=min(300, len(images)), pca_images=len(images))
-    teacher.save(path)
-    return teacher
+    describer = make_describer(spec)
+    paths = [p for p, _ in list_images([Path(folder)])]
+    t0 = time.perf_counter()
+    out = []
+    for i in range(0, len(paths), 32):  # fixed batches: the same arithmetic in every run
+        images = [preprocess_image(read_image(p), size, True)[:, :, 0] for p in paths[i:i + 32]]
+        out.append(describer.describe_batch(images))
+    seconds = time.perf_counter() - t0
+    with atomic_path(Path(cache), suffix=".npy") as tmp:
+        np.save(tmp, np.concatenate(out).astype(np.float32))
+    return 1e3 * seconds / max(len(paths), 1)
 
 
-def export_teacher(work: Path, teacher, folders: dict, size: tuple[int, int]) -> dict:
-    """Teacher descriptors of every training folder (NAME.npy), resumable."""
-    from hierloc.training.export_descriptors import export_descriptors
+def train_student(experiment: str, config: dict) -> dict:
+    """Train (or resume, or reuse) one student; returns its training summary."""
+    from hierloc.training.checkpoints import latest_checkpoint
+    from hierloc.training.trainer import train
 
-    targets = {}
-    for label, folder in folders["train"].items():
-        out = work / "teacher" / "descriptors" / label
-        export_descriptors(teacher, [folder], out, preprocessing={"resize": list(size), "grayscale": True},
-                           batch_size=16, model_label="densevlad")
-        targets[label] = out
-    return targets
+    summary_path = Path(experiment) / "training_summary.json"
+    if summary_path.is_file():
+        summary = json.loads(summary_path.read_text())
+        if summary.get("iteration") == config["train_iter"] and not summary.get("stopped_by"):
+            return summary
+    t0 = time.perf_counter()
+    summary = train(config, experiment, resume=latest_checkpoint(experiment) is not None, progress=False)
+    return dict(summary, train_seconds_this_run=time.perf_counter() - t0)
 
 
-def student_config(name: str, folders: dict, targets: dict, size: tuple[int, int], args) -> dict:
-    """The distillation config of one student (the shipped config with the evidence's sizes)."""
+# ------------------------------------------------------------------ stages
+
+
+def student_config(name: str, folders: dict, targets: dict, size: tuple[int, int], seed: int, args) -> dict:
+    """The distillation config of one student and seed (the shipped config with the evidence's sizes)."""
     from hierloc.training.config import load_config
 
     labels = list(folders["train"])
@@ -121,7 +225,8 @@ def student_config(name: str, folders: dict, targets: dict, size: tuple[int, int
         "model": {"batch_size": args.batch_size, "eval_batch_size": 32, "reduction_dim": "auto",
                   "learning_rate": [args.lr, args.lr / 10], "learning_rate_step": [int(args.iterations * 0.8)]},
         "train_iter": args.iterations, "validation_interval": max(1, args.iterations // 10),
-        "save_interval": max(1, args.iterations // 5), "keep_checkpoints": 2, "log_interval": 25, "seed": 0,
+        "save_interval": max(1, args.iterations // 5), "keep_checkpoints": 2, "log_interval": 25, "seed": seed,
+        "device": "cpu",
     }
     if name == "mobilenetvlad_imagenet":
         overrides["model"].update({"vlad_init": "kmeans", "vlad_init_images": 100,
@@ -133,33 +238,10 @@ def student_config(name: str, folders: dict, targets: dict, size: tuple[int, int
     return load_config(base, overrides)
 
 
-def train_student(name: str, work: Path, config: dict) -> dict:
-    """Train (or resume, or reuse) one student; returns its training summary."""
-    from hierloc.training.checkpoints import latest_checkpoint
-    from hierloc.training.trainer import train
-
-    experiment = work / "experiments" / name
-    summary_path = experiment / "training_summary.json"
-    if summary_path.is_file():
-        summary = json.loads(summary_path.read_text())
-        if summary.get("iteration") == config["train_iter"] and not summary.get("stopped_by"):
-            return summary
-    return train(config, experiment, resume=latest_checkpoint(experiment) is not None)
-
-
-def describe_folder(describer, folder: Path, size: tuple[int, int]) -> np.ndarray:
-    """[N, D] descriptors of a folder's images (sorted), preprocessed like the training images."""
-    from tqdm import tqdm
-
-    from hierloc.training.data import preprocess_image
-    from hierloc.utils.images import list_images, read_image
-
-    paths = [p for p, _ in list_images([folder])]
-    out = []
-    for i in tqdm(range(0, len(paths), 32), desc=f"describe {folder.name}", unit="batch"):
-        images = [preprocess_image(read_image(p), size, True)[:, :, 0] for p in paths[i:i + 32]]
-        out.append(describer.describe_batch(images))
-    return np.concatenate(out)
+def run_jobs(pool: ProcessPoolExecutor, jobs: dict) -> dict:
+    """Run {key: (function, *arguments)} on the pool; {key: result}, re-raising the first failure."""
+    futures = {key: pool.submit(function, *arguments) for key, (function, *arguments) in jobs.items()}
+    return {key: future.result() for key, future in futures.items()}
 
 
 def recall_curve(reference: np.ndarray, queries: np.ndarray, tolerance: int = 0, max_n: int = 20) -> np.ndarray:
@@ -174,19 +256,10 @@ def recall_curve(reference: np.ndarray, queries: np.ndarray, tolerance: int = 0,
     return np.array([np.mean(first < n) for n in range(1, max_n + 1)])
 
 
-def evaluate_describer(label: str, describer, folders: dict, size: tuple[int, int], cache: Path | None) -> dict:
-    """Recall curves (strict and +-2 frames) of one describer on the evaluation places."""
-    if cache is not None and cache.is_file():
-        data = np.load(cache)
-        reference, queries = data["reference"], data["queries"]
-    else:
-        t0 = time.perf_counter()
-        reference = describe_folder(describer, folders["eval"]["summer"], size)
-        queries = describe_folder(describer, folders["eval"]["winter"], size)
-        logger.info("%s: %.1f ms per image", label, (time.perf_counter() - t0) / (2 * len(reference)) * 1e3)
-        if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(cache, reference=reference, queries=queries)
+def recall_of(cache_prefix: Path) -> dict:
+    """Recall curves (strict and +-2 frames) of the cached summer (map) and winter (query) descriptors."""
+    reference = np.load(f"{cache_prefix}_summer.npy")
+    queries = np.load(f"{cache_prefix}_winter.npy")
     strict = recall_curve(reference, queries)
     loose = recall_curve(reference, queries, tolerance=2)
     return {"recall": {f"@{n}": float(strict[n - 1]) for n in (1, 5, 10, 20)},
@@ -194,8 +267,13 @@ def evaluate_describer(label: str, describer, folders: dict, size: tuple[int, in
             "curve": strict.tolist(), "curve_pm2": loose.tolist(), "descriptor_dim": int(reference.shape[1])}
 
 
-def plot(results: dict, path: Path) -> None:
-    """Recall@N curves of the teacher and the students (initial and trained)."""
+def spread(values: list[float]) -> dict:
+    """mean, min, max of per-seed values."""
+    return {"mean": float(np.mean(values)), "min": float(np.min(values)), "max": float(np.max(values))}
+
+
+def plot(mean_curves: dict, path: Path, seeds: int) -> None:
+    """Mean recall@N curves over seeds of the teacher and the students (initial and trained)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -203,24 +281,22 @@ def plot(results: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, key, title in ((axes[0], "curve", "same frame"), (axes[1], "curve_pm2", "+-2 frames")):
-        for label, result in results.items():
-            curve = result[key]
+        for label, curves in mean_curves.items():
+            curve = curves[key]
             ax.plot(range(1, len(curve) + 1), curve, label=label, linestyle="--" if "initial" in label else "-")
         ax.set_xlabel("N")
-        ax.set_ylabel("recall@N")
+        ax.set_ylabel(f"recall@N (mean of {seeds} seeds)")
         ax.set_title(f"Nordland summer -> winter, unseen places ({title})")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    from hierloc.utils.io import atomic_path
-
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
 
 def main() -> None:
-    """Run every stage and report."""
+    """Run every stage for every seed and report."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("/tmp/hierloc_distill"), help="cache and outputs")
     parser.add_argument("--shared", type=Path, default=SHARED, help="the shared data folder")
@@ -240,73 +316,145 @@ def main() -> None:
                         help="train only the VLAD and FC layers of the ImageNet student (train_backbone: false)")
     parser.add_argument("--validation-size", type=int, default=192)
     parser.add_argument("--students", nargs="+", default=list(STUDENTS), choices=STUDENTS)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=3, help="run seeds 0..SEEDS-1 (default 3)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="processes run side by side, each on one thread (results do not depend on it)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(levelname)s] %(message)s", datefmt="%H:%M:%S")
-    configure_threads(args.threads)
+    if args.seeds < 1 or args.threads < 1:
+        raise SystemExit("--seeds and --threads must be at least 1")
+    single_thread_process()
     if not (args.shared / "nordland").is_dir():
         raise SystemExit(f"{args.shared}/nordland not found: this benchmark needs the shared data")
-    from hierloc.extraction import GlobalExtractor
-    from hierloc.models import load_model
-    from hierloc.training.model_setup import build_training_model, initialize_vlad_from_images
-    from hierloc.training.tasks import make_task
+    from hierloc.utils.images import list_images
 
     size = (args.height, args.width)
     work = args.work
+    seeds = list(range(args.seeds))
     t_start = time.perf_counter()
+    settings = check_settings(work, args)
     folders = prepare_folders(work, args.shared, args.train_places, args.eval_places, not args.no_extras)
-    t0 = time.perf_counter()
-    teacher = fit_teacher(work, folders, size, args)
-    targets = export_teacher(work, teacher, folders, size)
-    teacher_seconds = time.perf_counter() - t0
-    results: dict[str, dict] = {"teacher densevlad": evaluate_describer("teacher", teacher, folders, size,
-                                                                         work / "eval" / "teacher.npz")}
-    report = {"machine": platform.platform(), "threads": args.threads, "image_size": list(size),
-              "train_places": args.train_places, "eval_places": args.eval_places, "teacher": repr(teacher),
-              "teacher_seconds": teacher_seconds, "students": {}}
+    train_paths = [str(p) for folder in folders["train"].values() for p, _ in list_images([folder])]
+    seed_dirs = {seed: work / f"seed-{seed}" for seed in seeds}
+    teacher_files = {seed: seed_dirs[seed] / "teacher" / "densevlad.npz" for seed in seeds}
+    for seed in seeds:
+        (seed_dirs[seed] / "teacher").mkdir(parents=True, exist_ok=True)
+        (seed_dirs[seed] / "eval").mkdir(parents=True, exist_ok=True)
+    eval_folders = {season: str(folders["eval"][season]) for season in ("summer", "winter")}
+
+    def describe_jobs(seed: int, label: str, spec: dict) -> dict:
+        prefix = seed_dirs[seed] / "eval" / label.replace(" ", "_")
+        return {(seed, label, season): (describe_folder, spec, folder, size, f"{prefix}_{season}.npy")
+                for season, folder in eval_folders.items() if not Path(f"{prefix}_{season}.npy").is_file()}
+
+    context = multiprocessing.get_context("spawn")  # fresh processes: one thread from their first import
+    report: dict = {"benchmark": "distill_evidence", "machine": platform.platform(), "processes": args.threads,
+                    "threads_per_process": 1, "seeds": seeds, "image_size": list(size), "settings": settings,
+                    "per_seed": {str(seed): {"students": {}} for seed in seeds}}
+    with ProcessPoolExecutor(max_workers=args.threads, mp_context=context, initializer=single_thread_process) as pool:
+        # 1. one teacher per seed, fitted on training images the seed chooses
+        jobs = {}
+        for seed in seeds:
+            if not teacher_files[seed].is_file():
+                chosen = np.random.default_rng(seed).choice(len(train_paths), replace=False,
+                                                            size=min(len(train_paths), args.teacher_fit_images))
+                jobs[seed] = (fit_teacher, str(teacher_files[seed]), [train_paths[i] for i in sorted(chosen)], size,
+                              args.teacher_clusters, args.teacher_dim, seed)
+        fit_seconds = run_jobs(pool, jobs)
+        # 2. teacher descriptors of the training folders, teacher descriptors of the evaluation places
+        targets = {seed: {label: seed_dirs[seed] / "teacher" / "descriptors" / label for label in folders["train"]}
+                   for seed in seeds}
+        jobs = {(seed, label): (export_teacher, str(teacher_files[seed]), str(folder), str(targets[seed][label]), size)
+                for seed in seeds for label, folder in folders["train"].items()}
+        for seed in seeds:
+            jobs.update(describe_jobs(seed, TEACHER, {"kind": "teacher", "path": str(teacher_files[seed])}))
+        run_jobs(pool, jobs)
+        # 3. students: their initialisation described, then trained (the long jobs, side by side)
+        configs = {(seed, name): student_config(name, folders, targets[seed], size, seed, args)
+                   for seed in seeds for name in args.students}
+        from hierloc.models.densevlad import DenseVLAD
+
+        teacher_dims = {seed: DenseVLAD.load(teacher_files[seed]).descriptor_dim for seed in seeds}
+        jobs = {}
+        for (seed, name), config in configs.items():
+            jobs[(seed, name, "train")] = (train_student, str(seed_dirs[seed] / "experiments" / name), config)
+            jobs.update(describe_jobs(seed, f"{name} initial", {"kind": "initial", "config": config,
+                                                               "target_dim": teacher_dims[seed]}))
+        summaries = {key[:2]: value for key, value in run_jobs(pool, jobs).items() if key[2] == "train"}
+        # 4. the trained students described
+        jobs = {}
+        for seed, name in configs:
+            jobs.update(describe_jobs(seed, f"{name} distilled", {
+                "kind": "trained", "name": name,
+                "path": str(seed_dirs[seed] / "experiments" / name / "model.pt")}))
+        run_jobs(pool, jobs)
+    labels = [TEACHER] + [f"{name} {stage}" for name in args.students for stage in ("initial", "distilled")]
+    results = {seed: {label: recall_of(seed_dirs[seed] / "eval" / label.replace(" ", "_")) for label in labels}
+               for seed in seeds}
+    for seed in seeds:
+        entry = report["per_seed"][str(seed)]
+        entry["teacher"] = repr(DenseVLAD.load(teacher_files[seed]))
+        entry["teacher_fit_seconds_this_run"] = fit_seconds.get(seed)
+        entry["recall"] = {label: {k: results[seed][label][k] for k in ("recall", "recall_pm2", "descriptor_dim")}
+                           for label in labels}
+        for name in args.students:
+            summary, config = summaries[(seed, name)], configs[(seed, name)]
+            validation = summary["validation"]
+            entry["students"][name] = {
+                "iterations": summary["iteration"], "batch_size": config["model"]["batch_size"],
+                "seconds_per_iteration": summary["seconds_per_iteration"],
+                "train_seconds_this_run": summary.get("train_seconds_this_run"),
+                "validation_l2_before": validation[0]["l2_error"], "validation_l2_after": validation[-1]["l2_error"],
+                "validation_curve": validation, "train_backbone": config["model"]["train_backbone"],
+                "ratio_r5": results[seed][f"{name} distilled"]["recall"]["@5"] / results[seed][TEACHER]["recall"]["@5"]}
+    report["mean"] = {label: {kind: {n: spread([results[s][label][kind][n] for s in seeds])
+                                     for n in ("@1", "@5", "@10", "@20")} for kind in ("recall", "recall_pm2")}
+                      for label in labels}
+    report["ratio_r5"] = {}
     for name in args.students:
-        config = student_config(name, folders, targets, size, args)
-        # The untrained initialisation, exactly as training starts from it (incl. k-means VLAD centres).
-        initial_cache = work / "eval" / f"{name}_initial.npz"
-        initial = None
-        if not initial_cache.is_file():
-            task = make_task(config) if config["model"].get("vlad_init") else None
-            initial = build_training_model(config["model"], None, target_dim=teacher.descriptor_dim)
-            if task is not None:
-                initialize_vlad_from_images(initial, task.sample_images(config["model"]["vlad_init_images"]))
-            initial = GlobalExtractor(initial, device="cpu")
-        results[f"{name} initial"] = evaluate_describer(f"{name} initial", initial, folders, size, initial_cache)
-        t0 = time.perf_counter()
-        summary = train_student(name, work, config)
-        train_seconds = time.perf_counter() - t0
-        trained = GlobalExtractor(load_model(name, weights=work / "experiments" / name / "model.pt"), device="cpu")
-        results[f"{name} distilled"] = evaluate_describer(name, trained, folders, size,
-                                                          work / "eval" / f"{name}_trained_{summary['iteration']}.npz")
-        validation = summary["validation"]
-        report["students"][name] = {
-            "iterations": summary["iteration"], "batch_size": config["model"]["batch_size"],
-            "seconds_per_iteration": summary["seconds_per_iteration"], "train_seconds_this_run": train_seconds,
-            "validation_l2_before": validation[0]["l2_error"], "validation_l2_after": validation[-1]["l2_error"],
-            "validation_curve": validation, "train_backbone": config["model"]["train_backbone"],
-        }
-    report["recall"] = {k: {kk: v[kk] for kk in ("recall", "recall_pm2", "descriptor_dim")} for k, v in results.items()}
-    teacher_r5 = results["teacher densevlad"]["recall"]["@5"]
-    print(f"\nNordland summer (map) -> winter (queries), {args.eval_places} unseen places, {size[1]}x{size[0]} gray")
-    print(f"{'descriptor':34s} {'dim':>5s} {'R@1':>6s} {'R@5':>6s} {'R@10':>6s} {'R@5 +-2':>8s} {'R@5 / teacher':>13s}")
-    for label, result in results.items():
-        r, loose = result["recall"], result["recall_pm2"]
-        ratio = r["@5"] / teacher_r5 if teacher_r5 else float("nan")
-        print(f"{label:34s} {result['descriptor_dim']:5d} {r['@1']:6.3f} {r['@5']:6.3f} {r['@10']:6.3f} "
-              f"{loose['@5']:8.3f} {ratio:13.2f}")
-    print(f"\n{'student':24s} {'iterations':>10s} {'batch':>5s} {'s/iter':>7s} {'val L2 before':>13s} {'after':>8s}")
-    for name, s in report["students"].items():
-        print(f"{name:24s} {s['iterations']:10d} {s['batch_size']:5d} {s['seconds_per_iteration']:7.3f} "
-              f"{s['validation_l2_before']:13.4f} {s['validation_l2_after']:8.4f}")
+        for stage in ("initial", "distilled"):
+            ratios = [results[s][f"{name} {stage}"]["recall"]["@5"] / results[s][TEACHER]["recall"]["@5"]
+                      for s in seeds]
+            key = name if stage == "distilled" else f"{name} initial"
+            report["ratio_r5"][key] = dict(spread(ratios), per_seed=ratios)
+
+    def cell(values: list[float], width: int) -> str:
+        if len(values) == 1:
+            return f"{values[0]:{width}.3f}"
+        return f"{np.mean(values):.3f}±{(max(values) - min(values)) / 2:.3f}".rjust(width)
+
+    print(f"\nNordland summer (map) -> winter (queries), {args.eval_places} unseen places, {size[1]}x{size[0]} gray; "
+          f"mean ± half the min-max range over seeds {seeds}")
+    print(f"{'descriptor':34s} {'dim':>5s} {'R@1':>11s} {'R@5':>11s} {'R@10':>11s} {'R@5 +-2':>11s} "
+          f"{'R@5 / teacher':>13s}")
+    for label in labels:
+        def values(kind: str, n: str, current: str = label) -> list[float]:
+            return [results[s][current][kind][n] for s in seeds]
+
+        ratios = [a / b if b else float("nan") for a, b in zip(values("recall", "@5"), values("recall", "@5", TEACHER))]
+        print(f"{label:34s} {results[seeds[0]][label]['descriptor_dim']:5d} {cell(values('recall', '@1'), 11)} "
+              f"{cell(values('recall', '@5'), 11)} {cell(values('recall', '@10'), 11)} "
+              f"{cell(values('recall_pm2', '@5'), 11)} {cell(ratios, 13)}")
+    print(f"\nper seed: R@5 (R@5 / teacher)\n{'descriptor':34s} " + " ".join(f"{'seed ' + str(s):>14s}" for s in seeds))
+    for label in labels:
+        row = []
+        for s in seeds:
+            r5, t5 = results[s][label]["recall"]["@5"], results[s][TEACHER]["recall"]["@5"]
+            row.append(f"{r5:.3f} ({r5 / t5 if t5 else float('nan'):.2f})".rjust(14))
+        print(f"{label:34s} " + " ".join(row))
+    print(f"\n{'student':24s} {'iterations':>10s} {'batch':>5s} {'s/iter':>7s} {'val L2 before':>13s} {'after':>13s}")
+    for name in args.students:
+        entries = [report["per_seed"][str(s)]["students"][name] for s in seeds]
+        print(f"{name:24s} {entries[0]['iterations']:10d} {entries[0]['batch_size']:5d} "
+              f"{np.mean([e['seconds_per_iteration'] or 0.0 for e in entries]):7.3f} "
+              f"{cell([e['validation_l2_before'] for e in entries], 13)} "
+              f"{cell([e['validation_l2_after'] for e in entries], 13)}")
     report["total_seconds"] = time.perf_counter() - t_start
     png = work / "distill_recall.png"
-    plot(results, png)
-    print(f"\nrecall curves: {png}; experiments (TensorBoard, checkpoints, model.pt): {work / 'experiments'}")
+    plot({label: {key: np.mean([results[s][label][key] for s in seeds], axis=0).tolist()
+                  for key in ("curve", "curve_pm2")} for label in labels}, png, len(seeds))
+    print(f"\nrecall curves: {png}; experiments (TensorBoard, checkpoints, model.pt): {work}/seed-*/experiments; "
+          f"{report['total_seconds']:.0f} s")
     if args.json:
         atomic_write_text(args.json, to_json_text(report, indent=2))
         print(f"results: {args.json}")

@@ -170,3 +170,69 @@ def test_fit_command_and_extraction_through_the_cli(tmp_path):
 
     names, descriptors = read_global_descriptors(tmp_path / "d.h5")
     assert len(names) == 6 and descriptors.shape == (6, 4)
+
+
+_FIT_SCRIPT = """
+import hashlib, sys, numpy as np, torch
+torch.set_num_threads(int(sys.argv[1]))
+from hierloc.models.densevlad import kmeans_float64, pca_float64
+rng = np.random.default_rng(5)
+features = rng.normal(size=(6000, 128)).astype(np.float32)
+vectors = rng.normal(size=(300, 700)).astype(np.float32) * np.linspace(2.0, 0.1, 700, dtype=np.float32)
+digest = hashlib.sha1(kmeans_float64(features, 24, iterations=8, seed=3).tobytes())
+for array in pca_float64(vectors, 40):
+    digest.update(array.tobytes())
+print(digest.hexdigest())
+"""
+
+
+def test_kmeans_and_pca_are_the_same_bits_whatever_the_thread_counts():
+    import os
+    import subprocess
+    import sys
+
+    digests = set()
+    for threads in ("1", "2"):
+        env = dict(os.environ, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+        done = subprocess.run([sys.executable, "-c", _FIT_SCRIPT, threads], capture_output=True, text=True, env=env,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        digests.add(done.stdout.strip())
+    assert len(digests) == 1
+
+
+def test_kmeans_float64_finds_separated_clusters_and_refills_empty_ones():
+    from hierloc.models.densevlad import kmeans_float64
+
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    points = np.concatenate([c + 0.1 * rng.normal(size=(50, 2)) for c in centres])
+    found = kmeans_float64(points, 3, iterations=20, seed=1)
+    assert found.dtype == np.float32 and found.shape == (3, 2)
+    matched = centres[np.argmin(((found[:, None] - centres[None]) ** 2).sum(-1), axis=1)]
+    assert len({tuple(c) for c in matched.tolist()}) == 3
+    np.testing.assert_allclose(found, matched, atol=0.05)
+    np.testing.assert_array_equal(found, kmeans_float64(points, 3, iterations=20, seed=1))
+    # Duplicated rows leave initial centres without members: they take the farthest rows instead.
+    duplicates = np.concatenate([np.zeros((20, 2)), [[5.0, 5.0]]])
+    refilled = kmeans_float64(duplicates, 2, iterations=5, seed=0)
+    assert {tuple(r) for r in refilled.tolist()} == {(0.0, 0.0), (5.0, 5.0)}
+    with pytest.raises(ValueError, match="at least 4 rows"):
+        kmeans_float64(points[:3], 4)
+
+
+def test_pca_float64_matches_the_eigendecomposition_with_one_sign_convention():
+    from hierloc.models.densevlad import pca_float64
+
+    rng = np.random.default_rng(1)
+    for shape in ((40, 12), (8, 30)):  # covariance path and Gram path
+        x = rng.normal(size=shape) * np.linspace(3.0, 0.5, shape[1])
+        out_dim = min(shape[0] - 1, shape[1], 5)
+        mean, components, eigenvalues = pca_float64(x, out_dim)
+        centred = x - x.mean(0)
+        values, vectors = np.linalg.eigh(centred.T @ centred / len(x))
+        np.testing.assert_allclose(mean, x.mean(0), atol=1e-12)
+        np.testing.assert_allclose(eigenvalues, values[::-1][:out_dim], rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(np.abs(components @ vectors[:, ::-1][:, :out_dim]), np.eye(out_dim), atol=1e-8)
+        rows = np.arange(out_dim)
+        assert (components[rows, np.abs(components).argmax(1)] > 0).all()

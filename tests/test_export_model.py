@@ -133,3 +133,26 @@ def test_an_index_built_with_the_checkpoint_is_queried_with_the_onnx_file(small_
     # the same image: the ONNX descriptor equals the one the checkpoint put in the index
     same = [hit for hit in result["queries"][0]["results"] if hit["name"].endswith("1.png")]
     assert same and same[0]["distance"] < 1e-3
+
+
+def test_onnx_convolutions_pad_themselves_and_the_grayscale_stem_reads_one_channel(small_model, exported):
+    import onnx
+
+    proto = onnx.load(str(exported["onnx"]))
+    operators = [node.op_type for node in proto.graph.node]
+    # TF-SAME padding as the convolutions' auto_pad (exact for every size, see the parity test): no Pad copies
+    assert "Pad" not in operators
+    first_conv = next(node for node in proto.graph.node if node.op_type == "Conv")
+    stem = next(init for init in proto.graph.initializer if init.name == first_conv.input[1])
+    assert list(stem.dims)[1] == 1
+    # The folded copy is the export's: the model itself keeps its 3-channel stem for training.
+    assert small_model.backbone.features[0][0].weight.shape[1] == 3 and not small_model.stem_takes_gray
+
+
+def test_padding_fusion_can_be_turned_off(small_model, tmp_path):
+    import onnx
+
+    path = export_onnx(small_model, tmp_path / "plain.onnx", (64, 96), fuse_padding=False)
+    assert "Pad" in [node.op_type for node in onnx.load(str(path)).graph.node]
+    result = check_parity(small_model, {"onnx": path}, sizes=((47, 81),), batch=1)
+    assert result["onnx"]["ok"]

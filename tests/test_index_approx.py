@@ -1,10 +1,11 @@
-"""Approximate search (HNSW, IVF-PQ): recall, removal, files and memory-mapping, storage next to an
-index, in-place updates, and the `hierloc index` commands that drive them."""
+"""Approximate search (HNSW, IVF-PQ, IVF-PQ re-ranked from a memory-mapped copy): recall, removal, files
+and memory-mapping, storage next to an index, in-place updates, and the `hierloc index` commands."""
 
 from __future__ import annotations
 
 import json
 import logging
+import mmap as memory_map
 
 import faiss
 import numpy as np
@@ -16,10 +17,12 @@ from hierloc.index.approximate import (
     AUTO_HNSW_FROM,
     AUTO_IVFPQ_FROM,
     HNSWSearch,
+    IVFPQMappedSearch,
     IVFPQSearch,
     auto_nlist,
     build_backend,
     choose_backend,
+    rerank_copy_path,
     resolve_backend,
 )
 from hierloc.index.io import load_index, save_index
@@ -34,6 +37,7 @@ from hierloc.index.update import add_keyframes, remove_mission
 from hierloc.maps.synthetic import make_synthetic_map, write_synthetic_dataset
 
 SMALL_IVF = {"nlist": 16, "nbits": 6, "m": 16, "nprobe": 16}
+SMALL_MAPPED = {"nlist": 16, "m": 16, "nprobe": 16, "k_factor": 16}  # 4-bit fast-scan codes with OPQ (defaults)
 
 
 @pytest.fixture(autouse=True)
@@ -76,6 +80,8 @@ def data():
     ("hnsw", {"storage": "fp16"}, 0.97, 3e-3),
     ("ivfpq", SMALL_IVF, 0.6, 0.1),  # distances estimated from the codes
     ("ivfpq", {**SMALL_IVF, "opq": True, "refine": "flat"}, 0.97, 2e-3),
+    ("ivfpq-mmap", SMALL_MAPPED, 0.97, 2e-3),  # exact distances from the float16 copy
+    ("ivfpq-mmap", {**SMALL_MAPPED, "nbits": 8, "opq": False, "rerank_dtype": "float32"}, 0.97, 1e-5),
 ])
 def test_approximate_search_finds_the_exact_neighbours(data, kind, params, min_recall, distance_error):
     database, queries, exact = data
@@ -133,7 +139,7 @@ def test_refined_ivfpq_cannot_remove_in_place(data):
 
 
 @pytest.mark.parametrize("kind, params", [("flat", {}), ("hnsw", {"storage": "sq8"}), ("ivfpq", SMALL_IVF),
-                                          ("ivfpq", {**SMALL_IVF, "refine": "fp16"})])
+                                          ("ivfpq", {**SMALL_IVF, "refine": "fp16"}), ("ivfpq-mmap", SMALL_MAPPED)])
 def test_files_round_trip_and_memory_map(tmp_path, data, kind, params):
     database, queries, _ = data
     backend = build_backend(kind, database, params)
@@ -148,6 +154,52 @@ def test_files_round_trip_and_memory_map(tmp_path, data, kind, params):
             np.testing.assert_array_equal(got, want)
     with pytest.raises(RuntimeError, match="memory-mapped read-only"):
         loaded.add(database[:1])
+
+
+def test_mapped_ivfpq_keeps_codes_in_ram_and_maps_its_copy(tmp_path, data):
+    database, queries, exact = data
+    backend = build_backend("ivfpq-mmap", database, SMALL_MAPPED)
+    with pytest.raises(NotImplementedError, match="re-add"):
+        backend.remove([0])
+    path = tmp_path / "structure.faiss"
+    backend.write(path)
+    copy_path = rerank_copy_path(path)
+    assert copy_path.name == "structure.rerank.npy" and IVFPQMappedSearch.companion_paths(path) == [copy_path]
+    assert backend.disk_bytes() == database.size * 2  # float16
+    mapped = IVFPQMappedSearch.read(path, backend.params(), mmap=True)
+    assert isinstance(mapped.rerank_copy.base, memory_map.mmap) and not mapped.rerank_copy.flags.writeable
+    loaded = IVFPQMappedSearch.read(path, backend.params(), mmap=False)
+    assert loaded.rerank_copy.flags.owndata and not loaded.read_only
+    np.testing.assert_array_equal(mapped.rerank_copy, database.astype(np.float16))
+    assert recall(mapped.search(queries, 10)[1], exact) >= 0.97
+    loaded.reset()  # what remove_mission falls back to: keep the training, re-add the remaining rows
+    loaded.add(database[:100])
+    assert len(loaded) == 100 and loaded.disk_bytes() == 100 * database.shape[1] * 2
+    assert set(loaded.search(database[:20], 1)[1][:, 0]) == set(range(20))
+
+
+def test_mapped_ivfpq_refuses_a_missing_or_mismatched_copy(tmp_path, data):
+    database = data[0]
+    backend = build_backend("ivfpq-mmap", database, SMALL_MAPPED)
+    path = tmp_path / "structure.faiss"
+    backend.write(path)
+    copy_path = rerank_copy_path(path)
+    good = copy_path.read_bytes()
+    copy_path.write_bytes(good[:-2])  # truncated
+    with pytest.raises(ValueError, match="header announces"):
+        IVFPQMappedSearch.read(path, backend.params(), mmap=True)
+    np.save(copy_path, database[:10].astype(np.float16))  # another size
+    with pytest.raises(ValueError, match="holds a 10x32 float16 array, expected 3000x32 float16"):
+        IVFPQMappedSearch.read(path, backend.params())
+    np.save(copy_path, database)  # float32 where the parameters say float16
+    with pytest.raises(ValueError, match="float32 array"):
+        IVFPQMappedSearch.read(path, backend.params())
+    copy_path.write_bytes(b"\x93NUMPY junk")
+    with pytest.raises(ValueError, match="not a .npy array file"):
+        IVFPQMappedSearch.read(path, backend.params())
+    copy_path.unlink()
+    with pytest.raises(ValueError, match="re-ranking copy structure.rerank.npy is missing"):
+        IVFPQMappedSearch.read(path, backend.params())
 
 
 def test_foreign_faiss_file_is_refused(tmp_path, data):
@@ -167,6 +219,11 @@ def test_parameters_are_checked():
         make_backend("ivfpq", 32, m=5)
     with pytest.raises(ValueError, match="refine must be one of"):
         make_backend("ivfpq", 32, refine="exact")
+    with pytest.raises(ValueError, match="nbits must be 4 .fast-scan. or 8"):
+        make_backend("ivfpq-mmap", 32, nbits=6)
+    with pytest.raises(ValueError, match="rerank_dtype must be one of"):
+        make_backend("ivfpq-mmap", 32, rerank_dtype="int8")
+    assert make_backend("ivfpq-mmap", 512).factory_string(1024) == "OPQ128_512,IVF1024,PQ128x4fs"
     backend = make_backend("ivfpq", 32, nbits=8)
     with pytest.raises(ValueError, match="needs at least 256 training vectors"):
         backend.train(clustered(100, 32))
@@ -255,7 +312,8 @@ def test_flat_index_has_no_side_file_and_old_files_still_load(tmp_path):
 
 
 @pytest.mark.parametrize("kind, params", [("hnsw", {}), ("ivfpq", {"ivfpq": SMALL_IVF}),
-                                          ("ivfpq", {"ivfpq": {**SMALL_IVF, "refine": "fp16"}}), ("flat", {})])
+                                          ("ivfpq", {"ivfpq": {**SMALL_IVF, "refine": "fp16"}}), ("flat", {}),
+                                          ("ivfpq-mmap", {"ivfpq-mmap": SMALL_MAPPED})])
 def test_add_keyframes_and_remove_a_mission_update_the_structure(tmp_path, kind, params):
     index = make_index(2000, missions=("a", "b"))
     path = tmp_path / "map.h5"
@@ -273,7 +331,7 @@ def test_add_keyframes_and_remove_a_mission_update_the_structure(tmp_path, kind,
 
     report = remove_mission(path, "a")
     assert report.rows_after == 1400
-    assert report.search == {"flat": "rebuilt", "hnsw": "updated in place"}.get(
+    assert report.search == {"flat": "rebuilt", "hnsw": "updated in place", "ivfpq-mmap": "re-filled"}.get(
         kind, "re-filled" if "refine" in str(params) else "updated in place")
     retriever = load_retriever(path)
     saved = load_index(path)
@@ -282,7 +340,8 @@ def test_add_keyframes_and_remove_a_mission_update_the_structure(tmp_path, kind,
     assert np.mean([h[0].index_position == i for i, h in enumerate(hits)]) >= 0.9
     assert all(h[0].mission in ("b", "c") for h in retriever.retrieve(index.descriptors[:100], k=1))
     remaining = sorted(p.name for p in tmp_path.iterdir())
-    assert len(remaining) == (1 if kind == "flat" else 2)  # the old side files were removed
+    # The old side files (and an ivfpq-mmap copy) were removed.
+    assert len(remaining) == {"flat": 1, "ivfpq-mmap": 3}.get(kind, 2)
     if first_side is not None:
         assert first_side.name not in remaining
     with pytest.raises(ValueError, match=r"no mission 'a' in the index; it has \['b', 'c'\]"):
@@ -320,8 +379,52 @@ def test_index_commands_build_extend_and_trim_a_stored_structure(tmp_path, capsy
     assert main(["index", "build", str(root), "--out", str(tmp_path / "map.pb"), "--weights", "none",
                  "--index", "hnsw"]) == 1
     assert "need the native .h5 format" in capsys.readouterr().err
+    mapped = tmp_path / "mapped.h5"
+    assert main(["index", "build", str(root), "--out", str(mapped), "--weights", "none", "--index", "ivfpq-mmap",
+                 "--ivf-nlist", "1", "--pq-m", "2", "--pca-dims", "6", "--workers", "0"]) == 0
+    assert "ivfpq-mmap search structure" in capsys.readouterr().out
+    assert len(list(tmp_path.glob("mapped.h5.*.rerank.npy"))) == 1
+    retriever = load_retriever(mapped)
+    assert retriever.backend.params()["m"] == 2 and retriever.backend.read_only and len(retriever) == 18
     assert main(["index", "remove-mission", str(out), "nowhere"]) == 1
     assert "no mission 'nowhere'" in capsys.readouterr().err
+
+
+def test_mapped_structure_is_stored_next_to_the_index_and_memory_mapped(tmp_path, caplog):
+    index = make_index(3000)
+    path = tmp_path / "map.h5"
+    backend = build_search(index, "ivfpq-mmap", {"ivfpq-mmap": SMALL_MAPPED}, pca_dims=16)
+    side = save_index_with_search(index, backend, path, pca=index.pca)
+    copy = rerank_copy_path(side)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["map.h5", side.name, copy.name])
+    assert load_index(path).metadata[SEARCH_METADATA_KEY]["bytes"] == side.stat().st_size == backend.memory_bytes()
+    retriever = load_retriever(path)
+    assert retriever.backend.name == "ivfpq-mmap" and retriever.backend.read_only
+    assert isinstance(retriever.backend.rerank_copy.base, memory_map.mmap)
+    queries = index.descriptors[:30]
+    expected = Retriever(index, pca=index.pca, backend=backend).retrieve(queries, k=5)
+    assert retriever.retrieve(queries, k=5) == expected
+    assert np.mean([hits[0].index_position == i for i, hits in enumerate(expected)]) >= 0.95
+    # Saving again replaces both files; a missing copy makes loading rebuild the structure.
+    second = save_index_with_search(index, backend, path, pca=index.pca)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["map.h5", second.name, rerank_copy_path(second).name])
+    rerank_copy_path(second).unlink()
+    with caplog.at_level(logging.WARNING):
+        rebuilt = load_retriever(path)
+    assert rerank_copy_path(second).name in caplog.text and "not using the stored ivfpq-mmap" in caplog.text
+    assert rebuilt.backend.name == "ivfpq-mmap" and not rebuilt.backend.read_only and len(rebuilt) == 3000
+
+
+def test_memory_per_keyframe_of_mapped_ivfpq_counts_only_what_is_in_ram():
+    n, d, m, nlist = 6000, 32, 16, 32
+    backend = build_backend("ivfpq-mmap", clustered(n, d, clusters=200), {"m": m, "nlist": nlist})
+    code_bytes = m * 4 // 8
+    # Centroids, 4-bit codebooks and the OPQ rotation are shared by all keyframes.
+    fixed = nlist * d * 4 + m * 16 * (d // m) * 4 + d * d * 4
+    # Fast-scan lists hold codes in blocks of 32 vectors: at most 31 codes of padding per list.
+    least = n * (code_bytes + 8) + fixed
+    assert least <= backend.memory_bytes() <= least + nlist * 31 * code_bytes + 4096
+    assert backend.disk_bytes() == n * d * 2  # the float16 copy is not counted in RAM
 
 
 def test_memory_per_keyframe_of_ivfpq_is_its_code_size():

@@ -10,7 +10,7 @@ from .common import add_describer_arguments, describer_choice
 from .validators import non_negative_int, positive_float, positive_int
 
 FORMAT_NAMES = ("auto", "proto", "protobuf", "pb", "native", "h5")
-SEARCH_KINDS = ("auto", "flat", "hnsw", "ivfpq")
+SEARCH_KINDS = ("auto", "flat", "hnsw", "ivfpq", "ivfpq-mmap")
 
 
 def _image_size(value: str) -> tuple[int, int]:
@@ -60,8 +60,9 @@ def add_throughput_arguments(parser: argparse.ArgumentParser) -> None:
 def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     """--index and the parameters of each search structure."""
     parser.add_argument("--index", default="auto", choices=SEARCH_KINDS, dest="search",
-                        help="search structure stored with the index: flat (exact), hnsw (graph), ivfpq (compressed) "
-                             "or auto: flat below 50k keyframes, hnsw below 2M, ivfpq above (default)")
+                        help="search structure stored with the index: flat (exact), hnsw (graph), ivfpq (compressed), "
+                             "ivfpq-mmap (compressed codes in RAM, re-ranked from a memory-mapped copy in a second "
+                             "side file) or auto: flat below 50k keyframes, hnsw below 2M, ivfpq above (default)")
     parser.add_argument("--pca-dims", type=positive_int, default=None,
                         help="fit a PCA on the map and search in that many dimensions (stored with the index)")
     parser.add_argument("--whiten", action="store_true", help="whiten the PCA")
@@ -72,11 +73,12 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     hnsw.add_argument("--hnsw-ef-search", type=positive_int, default=None, help="query-time beam width (default 64)")
     hnsw.add_argument("--hnsw-storage", choices=["flat", "sq8", "fp16"], default=None,
                       help="vectors kept as float32 (flat), 8-bit or float16 (default: flat up to 512-D, else sq8)")
-    ivf = parser.add_argument_group("ivfpq")
+    ivf = parser.add_argument_group("ivfpq and ivfpq-mmap")
     ivf.add_argument("--ivf-nlist", type=positive_int, default=None, help="coarse cells (default: about 4 sqrt(N))")
     ivf.add_argument("--pq-m", type=positive_int, default=None,
-                     help="bytes of code per keyframe (default 64, must divide D)")
-    ivf.add_argument("--pq-nbits", type=positive_int, default=None, help="bits per code (default 8)")
+                     help="codes per keyframe (default: 64 bytes' worth, must divide D)")
+    ivf.add_argument("--pq-nbits", type=positive_int, default=None,
+                     help="bits per code (default 8; ivfpq-mmap: 4, faiss fast-scan)")
     ivf.add_argument("--opq", action=argparse.BooleanOptionalAction, default=None,
                      help="rotate with OPQ before quantizing (default: on above 128-D)")
     ivf.add_argument("--nprobe", type=positive_int, default=None, help="cells visited per query (default 32)")
@@ -92,6 +94,9 @@ def search_params_from_args(args: argparse.Namespace) -> dict[str, dict]:
                  "storage": args.hnsw_storage},
         "ivfpq": {"nlist": args.ivf_nlist, "m": args.pq_m, "nbits": args.pq_nbits, "opq": args.opq,
                   "nprobe": args.nprobe, "refine": args.refine, "k_factor": args.k_factor},
+        # Re-ranks every candidate from its memory-mapped copy, so --refine does not apply.
+        "ivfpq-mmap": {"nlist": args.ivf_nlist, "m": args.pq_m, "nbits": args.pq_nbits, "opq": args.opq,
+                       "nprobe": args.nprobe, "k_factor": args.k_factor},
     }
     return {kind: {k: v for k, v in params.items() if v is not None} for kind, params in given.items()}
 

@@ -53,7 +53,7 @@ def register(subparsers) -> None:
     b.add_argument("--global-weights", default="auto", help="weights of --global-model (path or registry name)")
     b.add_argument("--global-index", default=None,
                    help="reuse an existing index: its describer, and its descriptors of the map's images (by name)")
-    b.add_argument("--index", default="auto", choices=["auto", "flat", "hnsw", "ivfpq"], dest="search",
+    b.add_argument("--index", default="auto", choices=["auto", "flat", "hnsw", "ivfpq", "ivfpq-mmap"], dest="search",
                    help="search structure of the map's global index (auto: flat below 50k images, HNSW above)")
     b.add_argument("--pca-dims", type=positive_int, default=None,
                    help="search the map's global index after PCA to this size")

@@ -15,7 +15,8 @@ def register(subparsers) -> None:
         description="CONFIG is a YAML file or the name of a shipped config (see --list-configs). Relative data "
                     "paths in it are resolved against --data-root ($HIERLOC_DATA_PATH, default: the current "
                     "folder). EXPERIMENT_DIR receives config.yaml, log.txt, TensorBoard events, checkpoints/ and "
-                    "model.pt. Ctrl+C (or SIGTERM) saves a checkpoint and stops; --resume continues.")
+                    "model.pt. Ctrl+C (or SIGTERM) saves a checkpoint and stops; --resume continues to the same "
+                    "weights an uninterrupted run reaches (also after kill -9, from the last periodic checkpoint).")
     p.add_argument("config", nargs="?", help="training config (.yaml path or shipped config name)")
     p.add_argument("experiment", nargs="?", help="experiment folder")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of EXPERIMENT_DIR")

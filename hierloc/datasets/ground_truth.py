@@ -246,6 +246,73 @@ def _as_row(token: str, names: dict[str, int], kind: str, path: Path, line: int)
     raise ValueError(f"{path}:{line}: {kind} {token!r} is neither an image name nor a row number")
 
 
+def _integers(value: object) -> list[int]:
+    """Row numbers from one integer, a flat list/tuple of them, or an integer (or integral float) array.
+
+    Raises ValueError for anything else (strings, nested lists, fractions, NaN, booleans, complex).
+    """
+    if isinstance(value, np.ndarray) and value.dtype == object:
+        if value.ndim > 1:
+            raise ValueError("nested lists")
+        return [number for item in value.reshape(-1).tolist() for number in _integers(item)]
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind in "iu":
+            return value.reshape(-1).tolist()
+        if value.dtype.kind == "f" and np.isfinite(value).all() and (value == np.round(value)).all():
+            return value.reshape(-1).astype(np.int64).tolist()
+        raise ValueError(f"values of type {value.dtype}")
+    if isinstance(value, (list, tuple)):
+        if any(isinstance(item, (list, tuple, np.ndarray)) for item in value):
+            raise ValueError("nested lists")
+        return [number for item in value for number in _integers(item)]
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError("a boolean")
+    if isinstance(value, (int, np.integer)):
+        return [int(value)]
+    if isinstance(value, (float, np.floating)) and np.isfinite(value) and float(value).is_integer():
+        return [int(value)]
+    raise ValueError(f"a {type(value).__name__}")
+
+
+def _is_pair(row: object) -> bool:
+    """Whether a row has the `[query_index, [reference indices]]` form (the second item a sequence)."""
+    if isinstance(row, np.ndarray):
+        if row.ndim != 1 or len(row) != 2 or row.dtype != object:
+            return False
+    elif not isinstance(row, (list, tuple)) or len(row) != 2:
+        return False
+    second = row[1]
+    return isinstance(second, (list, tuple)) or (isinstance(second, np.ndarray) and second.ndim >= 1)
+
+
+def _npy_pairs(data: np.ndarray, path: Path) -> tuple[list[int], list[int]]:
+    """(query rows, reference rows) of a ground-truth array in either `.npy` layout."""
+    if data.ndim == 0:
+        raise ValueError(f"{path}: holds a single value, not one row per query")
+    if data.dtype.kind not in "iufO":
+        raise ValueError(f"{path}: holds {data.dtype} values, not row numbers")
+    rows = list(data)
+    pairs_layout = (data.ndim == 2 and data.shape[1] == 2 and data.dtype == object) or (
+        data.ndim == 1 and len(rows) > 0 and _is_pair(rows[0]))
+    q: list[int] = []
+    r: list[int] = []
+    for position, row in enumerate(rows):
+        try:
+            if pairs_layout:
+                query = _integers(row[0])
+                if len(query) != 1:
+                    raise ValueError("a query index that is not one number")
+                refs = _integers(row[1])
+                query = query[0]
+            else:
+                query, refs = position, _integers(row)
+        except (TypeError, ValueError, IndexError) as exc:
+            raise ValueError(f"{path}: row {position} is not [query_index, [reference indices]] ({exc})") from None
+        q.extend([query] * len(refs))
+        r.extend(refs)
+    return q, r
+
+
 def read_ground_truth_file(path: str | os.PathLike, query_names: Sequence[str],
                            reference_names: Sequence[str]) -> GroundTruth:
     """Correct references of each query from a file.
@@ -261,22 +328,7 @@ def read_ground_truth_file(path: str | os.PathLike, query_names: Sequence[str],
     nq, nr = len(query_names), len(reference_names)
     if path.suffix.lower() == ".npy":
         # Object arrays (VPR-Bench's layout) are unpickled with numpy types only: a file cannot run code.
-        data = load_npy(path)
-        q, r = [], []
-        rows = list(data) if data.ndim >= 1 else []
-        pairs_layout = data.ndim == 2 and data.shape[1] == 2 and data.dtype == object or (
-            data.ndim == 1 and len(rows) and np.ndim(rows[0]) == 1 and len(rows[0]) == 2
-            and np.ndim(rows[0][1]) >= 1)
-        for position, row in enumerate(rows):
-            try:
-                if pairs_layout:
-                    query, refs = int(row[0]), np.atleast_1d(np.asarray(row[1], dtype=np.int64))
-                else:
-                    query, refs = position, np.atleast_1d(np.asarray(row, dtype=np.int64))
-            except (TypeError, ValueError, IndexError):
-                raise ValueError(f"{path}: row {position} is not [query_index, [reference indices]]") from None
-            q.extend([query] * len(refs))
-            r.extend(refs.tolist())
+        q, r = _npy_pairs(load_npy(path), path)
         try:
             return GroundTruth.from_pairs(q, r, nq, nr, f"correspondences from {path.name}")
         except ValueError as exc:

@@ -60,10 +60,11 @@ def is_describer_spelling(spelling: str) -> bool:
 
 def make_describer(spelling: str, weights: str | os.PathLike | None = "auto", *, device: str = "auto",
                    precision: str = "auto", threads: int | None = None,
-                   preprocessing: Preprocessing | None = None, fast: bool = True,
+                   preprocessing: Preprocessing | None = None, fast: bool = True, runtime: str = "auto",
                    adaptation_images: Callable[[], Iterable[np.ndarray]] | None = None) -> Describer:
     """The describer a user spelled (see the module docstring); `weights` applies to a bare NAME.
 
+    `runtime` ("auto", "torch", "onnxruntime", "openvino") runs a named network; see hierloc.utils.device.
     `preprocessing` replaces the describer's default (or recorded) one. `adaptation_images` gives
     the map images for `auto` when the trained weights are not installed, and for
     `mobilenetvlad_imagenet` with its default weights (its NetVLAD clusters are initialised by k-means).
@@ -83,7 +84,7 @@ def make_describer(spelling: str, weights: str | os.PathLike | None = "auto", *,
         describer = _densevlad(name if name != "densevlad" else weights)
     elif canonical_model_name(name) in MODEL_SPECS:
         describer = network_describer(canonical_model_name(name), weights, device=device, precision=precision,
-                                      fast=fast)
+                                      fast=fast, runtime=runtime)
         if canonical_model_name(name) == ADAPTABLE_MODEL and weights == "auto" and adaptation_images is not None:
             # Its NetVLAD clusters have no trained values: they start from the map's own local features.
             adapt_to_images(describer, adaptation_images())
@@ -99,7 +100,7 @@ def make_describer(spelling: str, weights: str | os.PathLike | None = "auto", *,
 
 def network_describer(name: str, weights: str | os.PathLike | None = "auto", *, device: str = "auto",
                       precision: str = "auto", fast: bool = True,
-                      preprocessing: Preprocessing = NETWORK_PREPROCESSING) -> NetworkDescriber:
+                      preprocessing: Preprocessing = NETWORK_PREPROCESSING, runtime: str = "auto") -> NetworkDescriber:
     """A named network with `weights`: 'auto' (its default weights), a registry name, a file, or None (untrained).
 
     Weights that come from the registry by name are recorded by name (artifacts do not copy them).
@@ -113,7 +114,7 @@ def network_describer(name: str, weights: str | os.PathLike | None = "auto", *, 
     elif weights is not None and str(weights) in WEIGHTS and not Path(str(weights)).is_file():
         registry_name = str(weights)
     model = load_model(name, weights=registry_name or weights)
-    describer = NetworkDescriber(model, preprocessing, device=device, precision=precision, fast=fast)
+    describer = NetworkDescriber(model, preprocessing, device=device, precision=precision, fast=fast, runtime=runtime)
     # A model without default weights (untrained or trunk-only) is stored beside artifacts instead.
     describer.weights_name = registry_name if registry_name and _is_whole_network(registry_name) else None
     return describer

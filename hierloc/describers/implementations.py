@@ -38,10 +38,12 @@ class NetworkDescriber(TensorDescriber):
     kind = "network"
 
     def __init__(self, model: GlobalDescriptorModel, preprocessing: Preprocessing = NETWORK_PREPROCESSING,
-                 device: str | torch.device = "auto", precision: str = "auto", fast: bool = True) -> None:
+                 device: str | torch.device = "auto", precision: str = "auto", fast: bool = True,
+                 runtime: str = "auto") -> None:
         super().__init__(canonical_model_name(model.name), preprocessing)
         self.model = model
-        self.extractor = GlobalExtractor(model, device=device, precision=precision, fast=fast)
+        # runtime/precision choices: hierloc.utils.device (one policy; descriptors checked by bench/inference.py)
+        self.extractor = GlobalExtractor(model, device=device, precision=precision, fast=fast, runtime=runtime)
         self._sha256: str | None = None
         self._sha_lock = threading.Lock()
 
@@ -62,6 +64,7 @@ class NetworkDescriber(TensorDescriber):
         """Call after changing the weights in place (e.g. k-means initialisation of the clusters)."""
         with self._sha_lock:
             self._sha256 = None
+        self.extractor.reset()  # traced copies and exported engines hold the old weights
 
     def run(self, batch: torch.Tensor) -> np.ndarray:
         """[B, C, H, W] raw-pixel tensor -> [B, D]."""

@@ -52,10 +52,13 @@ def export_metadata(model: GlobalDescriptorModel) -> dict:
 
 
 def with_traceable_padding(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of `model` whose size-dependent TF-SAME convolutions are compiled TorchScript modules."""
+    """A deployment copy of `model`: size-dependent TF-SAME convolutions as compiled TorchScript modules,
+    and a grayscale network's stem folded to take the 1-channel image (exact, see `fold_grayscale_stem`)."""
     from ..models.backbones.padding import Conv2dSame
 
     model = copy.deepcopy(model)
+    if getattr(model, "can_fold_grayscale_stem", lambda: False)():
+        model.fold_grayscale_stem()
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, Conv2dSame) and not child._symmetric:
@@ -102,12 +105,60 @@ def export_torchscript(model: GlobalDescriptorModel, path: str | os.PathLike,
     return path
 
 
+def fuse_same_padding(proto) -> int:
+    """Replace each zero `Pad` that feeds only a `Conv` by the Conv's own `auto_pad="SAME_UPPER"` (in place).
+
+    TF 'SAME' pads total // 2 before and the rest after, which is ONNX's SAME_UPPER for every input
+    size, so the result is exact; the runtimes then skip a copy of the input (and, in onnxruntime,
+    two layout reorders around it): about 30 % of MobileNetVLAD's CPU time. Returns the number of
+    fused pairs; nodes left unused (the padding arithmetic) are removed.
+    """
+    from onnx import helper
+
+    graph = proto.graph
+    producers = {output: node for node in graph.node for output in node.output}
+    consumers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers[name] = consumers.get(name, 0) + 1
+    fused = 0
+    for conv in graph.node:
+        pad = producers.get(conv.input[0]) if conv.op_type == "Conv" else None
+        if pad is None or pad.op_type != "Pad" or consumers.get(pad.output[0]) != 1:
+            continue
+        pad_attributes = {a.name: helper.get_attribute_value(a) for a in pad.attribute}
+        if pad_attributes.get("mode", b"constant") != b"constant" or (len(pad.input) > 2 and pad.input[2]):
+            continue  # only zero padding is what a convolution's own padding does
+        conv_attributes = {a.name: a for a in conv.attribute}
+        if "pads" in conv_attributes and any(helper.get_attribute_value(conv_attributes["pads"])):
+            continue
+        auto_pad = conv_attributes.get("auto_pad")
+        if auto_pad is not None and helper.get_attribute_value(auto_pad) not in (b"NOTSET", b"VALID"):
+            continue
+        conv.input[0] = pad.input[0]
+        for name in ("pads", "auto_pad"):
+            if name in conv_attributes:
+                conv.attribute.remove(conv_attributes[name])
+        conv.attribute.append(helper.make_attribute("auto_pad", "SAME_UPPER"))
+        fused += 1
+    needed = {output.name for output in graph.output}
+    kept = []
+    for node in reversed(list(graph.node)):
+        if any(output in needed for output in node.output):
+            kept.append(node)
+            needed.update(name for name in node.input if name)
+    del graph.node[:]
+    graph.node.extend(reversed(kept))
+    return fused
+
+
 def export_onnx(model: GlobalDescriptorModel, path: str | os.PathLike, example_size: tuple[int, int] = (480, 640),
-                opset: int = 17, exporter: str = "torchscript") -> Path:
+                opset: int = 17, exporter: str = "torchscript", fuse_padding: bool = True) -> Path:
     """Write an ONNX file with dynamic batch, height and width.
 
     `exporter`: "torchscript" (torch.onnx's tracing exporter: seconds) or "dynamo" (torch.export
-    based: minutes on a small CPU, for PyTorch versions without the former).
+    based: minutes on a small CPU, for PyTorch versions without the former). `fuse_padding`: TF-SAME
+    padding as the convolutions' `auto_pad` (see `fuse_same_padding`; exact, and faster to run).
     """
     import onnx
 
@@ -132,6 +183,8 @@ def export_onnx(model: GlobalDescriptorModel, path: str | os.PathLike, example_s
         else:
             raise ValueError(f"unknown ONNX exporter {exporter!r}: use 'torchscript' or 'dynamo'")
         proto = onnx.load(str(tmp))
+        if fuse_padding:
+            fuse_same_padding(proto)
         entry = proto.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, to_json_text(export_metadata(model))
         proto.producer_name = "hierloc"

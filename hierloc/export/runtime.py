@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..extraction.global_descriptors import image_to_tensor, resolve_device, run_by_shape
+from ..extraction.global_descriptors import image_to_tensor, run_by_shape
 from ..models.base import LUMA_WEIGHTS
+from ..utils.device import resolve_device
 from .file_format import EXPORT_FORMAT, INPUT_NAME, METADATA_KEY
 
 ONNX_SUFFIXES = (".onnx",)
@@ -129,6 +130,7 @@ class OnnxModel(ExportedModel):
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # not the optimizer's notes on constants it folded away
         available = ort.get_available_providers()
         wants_cuda = str(device) != "cpu" and (str(device) != "auto" or torch.cuda.is_available())
         providers = (["CUDAExecutionProvider"] if wants_cuda and "CUDAExecutionProvider" in available else [])
@@ -152,6 +154,67 @@ class OnnxModel(ExportedModel):
             return self.session.run(None, feed)[0]
 
 
+class OpenVinoModel(ExportedModel):
+    """An ONNX file written by `hierloc export-model`, run by OpenVINO on the CPU (fp32 by default).
+
+    fp32 is set explicitly: on CPUs with AMX OpenVINO's default is bf16, whose descriptors miss
+    the cosine target (see hierloc.utils.device); `inference_precision="bf16"` is for measuring that.
+    """
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, inference_precision: str = "f32") -> None:
+        import openvino
+
+        path = Path(path)
+        core = openvino.Core()
+        config = {"INFERENCE_NUM_THREADS": threads or torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY",
+                  "INFERENCE_PRECISION_HINT": inference_precision, "NUM_STREAMS": 1}
+        try:
+            network = core.read_model(str(path))
+            self.compiled = core.compile_model(network, "CPU", config)
+        except Exception as exc:  # OpenVINO raises its own exception types
+            raise ExportedModelError(f"{path}: not a model OpenVINO can run ({exc})") from None
+        try:
+            metadata = json.loads(_onnx_metadata_text(path))
+        except ValueError:
+            metadata = {}
+        super().__init__(path, metadata)
+        self._request = self.compiled.create_infer_request()
+        self._lock = threading.Lock()  # one infer request: one run at a time
+
+    def _forward(self, batch: torch.Tensor) -> np.ndarray:
+        feed = np.ascontiguousarray(batch.cpu().numpy(), dtype=np.float32)
+        with self._lock:
+            return np.array(self._request.infer({0: feed})[0], copy=True)
+
+
+def _onnx_metadata_text(path: Path) -> str:
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}.get(METADATA_KEY, "{}")
+
+
+def network_engine(model, runtime: str, threads: int | None = None,
+                   example_size: tuple[int, int] = (480, 640)) -> ExportedModel:
+    """`model` (a GlobalDescriptorModel) run by `runtime` ("onnxruntime" or "openvino") on the CPU, in fp32.
+
+    The network is exported to ONNX in a temporary folder (seconds; tens on a busy 2-core machine),
+    TF-SAME padding fused into the convolutions and a grayscale stem folded; descriptors equal the
+    eager network's up to float rounding (cosine 1.0000).
+    """
+    import tempfile
+
+    from .model_export import export_onnx
+
+    with tempfile.TemporaryDirectory(prefix="hierloc-engine-") as folder:
+        path = export_onnx(model, Path(folder) / f"{model.name}.onnx", example_size)
+        if runtime == "onnxruntime":
+            return OnnxModel(path, device="cpu", threads=threads)
+        if runtime == "openvino":
+            return OpenVinoModel(path, threads=threads)
+    raise ValueError(f"unknown runtime {runtime!r}: use onnxruntime or openvino")
+
+
 def load_exported_model(path: str | os.PathLike, device: str = "auto", precision: str = "auto",
                         threads: int | None = None) -> ExportedModel:
     """The runner for an exported file, by its content (ONNX by the `.onnx` extension)."""
@@ -169,11 +232,7 @@ def exported_model_name(path: str | os.PathLike) -> str:
     """The hierloc model name stored in an exported file (without building a session)."""
     path = Path(path)
     if path.suffix.lower() in ONNX_SUFFIXES:
-        import onnx
-
-        proto = onnx.load(str(path), load_external_data=False)
-        values = {p.key: p.value for p in proto.metadata_props}
-        metadata = json.loads(values.get(METADATA_KEY, "{}"))
+        metadata = json.loads(_onnx_metadata_text(path))
     else:
         with zipfile.ZipFile(path) as archive:
             names = [n for n in archive.namelist() if n.endswith(f"extra/{METADATA_KEY}")]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
+import logging
 import threading
 import warnings
 from collections import OrderedDict
@@ -13,8 +13,11 @@ import numpy as np
 import torch
 
 from ..models.base import GlobalDescriptorModel
+from ..utils.device import PRECISIONS, autocast, resolve_device, resolve_precision, resolve_runtime
 
-PRECISIONS = ("fp32", "fp16", "bf16")
+__all__ = ["PRECISIONS", "GlobalExtractor", "image_to_tensor", "resolve_device", "run_by_shape"]
+
+logger = logging.getLogger(__name__)
 
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -50,16 +53,6 @@ def run_by_shape(images: Sequence[np.ndarray], run: Callable[[torch.Tensor], np.
     return out
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """'auto' picks CUDA when available; an unavailable CUDA request is a clear error."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but no CUDA device is available")
-    return device
-
-
 class _LowPrecisionTrunk(torch.nn.Module):
     """The model's image -> local features part with its weights in bf16/fp16 (a copy)."""
 
@@ -90,17 +83,22 @@ class GlobalExtractor:
         precision: str = "auto",
         fast: bool = True,
         max_traced_shapes: int = 8,
+        runtime: str = "auto",
+        threads: int | None = None,
     ) -> None:
+        """`precision`, `runtime`: "auto" or a value of hierloc.utils.device, whose policy decides "auto"
+        (runtime "onnxruntime": fp32 on the CPU, about 2x the traced network; `fast=False` is always
+        eager torch, the reference). `threads`: the runtime's threads (default: torch's count)."""
         self.device = resolve_device(device)
-        if precision == "auto":
-            precision = "fp16" if self.device.type == "cuda" else "fp32"
-        if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}; use one of {PRECISIONS} or 'auto'")
-        self.precision = precision
+        self.precision = resolve_precision(precision, self.device)
+        # The eager path (fast=False) is the reference the faster runtimes are checked against.
+        self.runtime = resolve_runtime(runtime if fast else "torch", self.device, self.precision)
+        self._engine = None  # the ONNX engine of a non-torch runtime, built at the first run
+        self._engine_threads = threads
         self.model = model.to(self.device).eval().to(memory_format=torch.channels_last)
         # Low precision needs the trunk / aggregation split of a GlobalDescriptorModel.
-        self._split = precision != "fp32" and hasattr(model, "local_features") and hasattr(model, "aggregation")
-        self.use_trace = fast and self.device.type == "cpu" and (precision == "fp32" or self._split)
+        self._split = self.precision != "fp32" and hasattr(model, "local_features") and hasattr(model, "aggregation")
+        self.use_trace = fast and self.device.type == "cpu" and (self.precision == "fp32" or self._split)
         self._trunk: _LowPrecisionTrunk | None = None
         self._traced: OrderedDict[tuple, torch.jit.ScriptModule] = OrderedDict()
         self._max_traced = max_traced_shapes
@@ -113,10 +111,29 @@ class GlobalExtractor:
         return self.model.descriptor_dim
 
     def _autocast(self):
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
-        return torch.autocast(self.device.type, dtype=dtype)
+        return autocast(self.device, self.precision)
+
+    def reset(self) -> None:
+        """Forget traced networks and the runtime's engine: call after changing the model's weights in place."""
+        with self._trace_lock:
+            self._traced.clear()
+            self._shape_counts.clear()
+            self._trunk = None
+            self._engine = None
+
+    def _runtime_engine(self):
+        """The non-torch runtime's engine (exported at the first run); None runs the network in torch."""
+        with self._trace_lock:
+            if self._engine is None and self.runtime != "torch":
+                from ..export.runtime import network_engine
+
+                try:
+                    self._engine = network_engine(self.model, self.runtime, threads=self._engine_threads)
+                except (ValueError, RuntimeError) as exc:  # a network the exporter cannot express
+                    logger.warning("%s: %s cannot run it (%s); running it in torch", self.model.name,
+                                   self.runtime, exc)
+                    self.runtime = "torch"
+            return self._engine
 
     def _low_precision_trunk(self) -> _LowPrecisionTrunk:
         with self._trace_lock:
@@ -139,6 +156,9 @@ class GlobalExtractor:
                 # Shapes are constants in the trace on purpose: one trace per input size.
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
                 module = self._trunk if self._split else self.model
+                if getattr(module, "can_fold_grayscale_stem", lambda: False)():
+                    # The trace freezes a copy anyway: one whose stem reads the gray image (exact).
+                    module = copy.deepcopy(module).fold_grayscale_stem()
                 traced = torch.jit.freeze(torch.jit.trace(module, batch, check_trace=False))
             self._traced[key] = traced
             if len(self._traced) > self._max_traced:
@@ -148,6 +168,9 @@ class GlobalExtractor:
     @torch.inference_mode()
     def run(self, batch: torch.Tensor) -> np.ndarray:
         """[B, C, H, W] raw-pixel tensor -> [B, D] float32 unit descriptors."""
+        engine = self._runtime_engine() if self.runtime != "torch" else None
+        if engine is not None:
+            return engine.run(batch)
         batch = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         if self._split:
             descriptors = self._run_split(batch)

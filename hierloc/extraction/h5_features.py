@@ -13,15 +13,19 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+from ..features.h5io import H5PY_ERRORS, checked_dataset
 from ..utils.images import ImageReadError, list_images, read_image
 from ..utils.io import atomic_path
 from .global_descriptors import GlobalExtractor
+from .pipeline import PeriodicCommit
 
 logger = logging.getLogger(__name__)
 DATASET = "global_descriptor"
+# Largest global descriptor read from a file (hierloc's largest network gives 32768).
+MAX_GLOBAL_DESCRIPTOR_DIM = 2**20
 
 
-class FeatureFileError(RuntimeError):
+class FeatureFileError(RuntimeError, ValueError):
     """A feature file is corrupt, foreign, or does not hold what was asked for."""
 
 
@@ -34,9 +38,26 @@ def existing_names(path: Path) -> set[str]:
                 if isinstance(obj, h5py.Dataset) and name.endswith("/" + DATASET):
                     names.add(name[: -len(DATASET) - 1])
             f.visititems(visit)
-    except OSError as exc:
+    except H5PY_ERRORS as exc:
         raise FeatureFileError(f"{path}: not a readable h5 feature file ({exc})") from None
     return names
+
+
+def _read_descriptor(f: h5py.File, name: str, path: Path) -> np.ndarray:
+    """One stored global descriptor, checked: a 1-D finite vector the file really stores."""
+    try:
+        dataset = checked_dataset(f, f"{name}/{DATASET}", f"{name!r}")
+        if len(dataset.shape) != 1 or not 1 <= dataset.shape[0] <= MAX_GLOBAL_DESCRIPTOR_DIM:
+            raise ValueError(f"{name!r} has shape {dataset.shape}, expected (D,) with D <= {MAX_GLOBAL_DESCRIPTOR_DIM}")
+        with np.errstate(over="ignore"):  # values beyond float32 become infinity, refused below
+            descriptor = np.asarray(dataset[...], dtype=np.float32)
+    except H5PY_ERRORS as exc:
+        raise FeatureFileError(f"{path}: global descriptor {exc}") from None
+    if not np.isfinite(descriptor).all():
+        raise FeatureFileError(f"{path}: global descriptor {name!r} contains NaN or infinity")
+    if not np.abs(descriptor).max(initial=0.0) > 0:
+        raise FeatureFileError(f"{path}: global descriptor {name!r} is all zeros (no direction to search)")
+    return descriptor
 
 
 def read_global_descriptors(path: str | os.PathLike,
@@ -46,11 +67,16 @@ def read_global_descriptors(path: str | os.PathLike,
     if not path.is_file():
         raise FeatureFileError(f"{path}: no such feature file")
     names = sorted(existing_names(path)) if names is None else list(names)
-    with h5py.File(path, "r") as f:
-        missing = [n for n in names if f"{n}/{DATASET}" not in f]
-        if missing:
-            raise FeatureFileError(f"{path}: no global descriptor for {len(missing)} images, e.g. {missing[:3]}")
-        descriptors = [np.asarray(f[f"{n}/{DATASET}"], dtype=np.float32) for n in names]
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [n for n in names if f"{n}/{DATASET}" not in f]
+            if missing:
+                raise FeatureFileError(f"{path}: no global descriptor for {len(missing)} images, e.g. {missing[:3]}")
+            descriptors = [_read_descriptor(f, n, path) for n in names]
+    except FeatureFileError:
+        raise
+    except H5PY_ERRORS as exc:
+        raise FeatureFileError(f"{path}: not a readable h5 feature file ({exc})") from None
     if not descriptors:
         return names, np.zeros((0, 0), np.float32)
     sizes = {d.shape for d in descriptors}
@@ -104,6 +130,7 @@ def extract_global_descriptors(
     summary = {"output": str(output), "total": len(items), "skipped_existing": len(items) - len(todo),
                "written": 0, "unreadable": [], "descriptor_dim": extractor.descriptor_dim}
     failure: Exception | None = None
+    commits = PeriodicCommit(output)  # a kill loses at most the work since the last commit (a few seconds)
     with atomic_path(output, suffix=".h5") as tmp:
         if done:
             shutil.copyfile(output, tmp)
@@ -121,6 +148,7 @@ def extract_global_descriptors(
                         DATASET, data=descriptor.astype(np.float16 if as_half else np.float32))
                 summary["written"] += len(pending)
                 pending.clear()
+                commits.tick(f, tmp)
 
             for name, path, image in tqdm(_prefetched(todo, io_workers), total=len(todo), desc="global descriptors",
                                           unit="img"):

@@ -10,7 +10,11 @@ failures with their reason.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import cv2
@@ -19,6 +23,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ..utils.io import atomic_path
+from ..utils.processes import worker_init
 from .global_descriptors import GlobalExtractor, image_to_tensor
 
 logger = logging.getLogger(__name__)
@@ -103,6 +109,7 @@ def describe_items(
         collate_fn=_keep_list,
         prefetch_factor=config.prefetch_batches if workers else None,
         persistent_workers=False,
+        worker_init_fn=worker_init(),  # workers die with this process (kill -9 included)
     )
     run = getattr(extractor, "run", None)  # describers without a tensor entry point take numpy images
     describe_numpy = getattr(extractor, "describe_prepared", None) or extractor.describe_batch
@@ -123,3 +130,49 @@ def describe_items(
                     descriptors[slots] = describe_numpy(images)
             bar.update(len(batch))
             yield positions, descriptors, failures
+
+
+class PeriodicCommit:
+    """Publishes a file that is being written, atomically and now and then, so that a kill loses little.
+
+    A writer fills a private copy (`working`) of `destination` and calls `tick` after each finished batch;
+    every `min_seconds` (stretched so that copying stays under `max_overhead` of the run time as the file
+    grows) the working copy is flushed, copied beside the destination and renamed onto it. The destination
+    is therefore always a complete file holding everything finished up to the last commit, and a rerun
+    resumes from it.
+    """
+
+    def __init__(self, destination: str | os.PathLike, min_seconds: float = 2.0, max_overhead: float = 0.1,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.destination = Path(destination)
+        self.min_seconds = min_seconds
+        self.max_overhead = max_overhead
+        self.clock = clock
+        self.commits = 0
+        self._last = clock()
+        self._interval = min_seconds
+        self._pending = 0
+
+    def tick(self, h5file: Any, working: str | os.PathLike, items: int = 1) -> bool:
+        """Count `items` finished ones; commit when it is time. Returns whether it committed."""
+        self._pending += items
+        if self._pending == 0 or self.clock() - self._last < self._interval:
+            return False
+        self.commit(h5file, working)
+        return True
+
+    def commit(self, h5file: Any, working: str | os.PathLike) -> None:
+        """Flush `h5file` (open on `working`) and publish a copy of `working` at the destination now."""
+        started = self.clock()
+        if h5file is not None:
+            h5file.flush()  # HDF5 writes all its metadata: the bytes on disk form a complete file
+        with atomic_path(self.destination, suffix=".h5") as published:
+            shutil.copyfile(working, published)
+            with open(published, "rb+") as f:
+                os.fsync(f.fileno())
+        took = self.clock() - started
+        self.commits += 1
+        self._pending = 0
+        self._last = self.clock()
+        self._interval = max(self.min_seconds, took / self.max_overhead)
+        logger.info("committed %s (commit %d, %.2f s)", self.destination, self.commits, took)

@@ -6,6 +6,11 @@ and `image_size` (2,) = (width, height). Keypoints on disk use hloc's convention
 centre at (0, 0); in memory hierloc uses COLMAP's (0.5, 0.5), so 0.5 is subtracted on write and
 added on read.
 
+Reading validates what it reads: shapes against each other, sizes (at most MAX_KEYPOINTS keypoints of
+MAX_DESCRIPTOR_DIM-D descriptors per image, and no dataset declaring more bytes than the file stores
+for it), finite keypoints, descriptors and scores; h5py's own errors become FeatureFileError naming
+the file.
+
 Matches (`matches.h5`): one group per pair named `names_to_pair(name0, name1)` =
 "<name0>/<name1>" with '/' inside the names replaced by '-', holding `matches0` (N0,) (index into
 image 1, -1 = unmatched) and `matching_scores0` (N0,). Pairs (`pairs.txt`): "name0 name1" lines.
@@ -28,10 +33,47 @@ from .types import LocalFeatures
 
 FEATURE_DATASETS = ("keypoints", "descriptors", "scores", "image_size")
 CONFIG_ATTR = "hierloc_config"
+MAX_KEYPOINTS = 2**20
+MAX_DESCRIPTOR_DIM = 2**13
+MAX_IMAGE_SIDE = 2**17
+# How much larger than its stored bytes a dataset may declare itself (compression), plus slack.
+_MAX_EXPANSION = 1000
+_EXPANSION_SLACK = 2**20
+# What h5py raises for damaged files and structures.
+H5PY_ERRORS = (OSError, KeyError, TypeError, ValueError, RuntimeError, UnicodeDecodeError)
 
 
-class FeatureFileError(RuntimeError):
+class FeatureFileError(RuntimeError, ValueError):
     """A feature or match file is missing, corrupt, or lacks what was asked for."""
+
+
+def checked_dataset(group: h5py.Group, key: str, label: str) -> h5py.Dataset:
+    """group[key] if it is a numeric dataset whose declared size the file backs with stored bytes.
+
+    HDF5 can declare a huge dataset whose chunks were never written; reading it would allocate the
+    declared size. Raises ValueError (callers add the file name).
+    """
+    dataset = group.get(key)
+    if not isinstance(dataset, h5py.Dataset) or dataset.shape is None:
+        raise ValueError(f"{label} is not a dataset")
+    if dataset.dtype.kind not in "fiub":
+        raise ValueError(f"{label} holds {dataset.dtype}, not numbers")
+    declared = int(np.prod(dataset.shape, dtype=np.float64)) * dataset.dtype.itemsize
+    stored = int(dataset.id.get_storage_size())
+    if declared > _MAX_EXPANSION * stored + _EXPANSION_SLACK:
+        raise ValueError(f"{label} declares shape {dataset.shape} ({declared} bytes) but the file stores {stored}")
+    return dataset
+
+
+@contextmanager
+def wrapped_h5py_errors(path: Path) -> Iterator[None]:
+    """Turn h5py's errors on a damaged file into FeatureFileError naming the file."""
+    try:
+        yield
+    except FeatureFileError:
+        raise
+    except H5PY_ERRORS as exc:
+        raise FeatureFileError(f"{path}: corrupt or unreadable h5 data ({type(exc).__name__}: {exc})") from None
 
 
 def names_to_pair(name0: str, name1: str, separator: str = "/") -> str:
@@ -51,9 +93,9 @@ def _open(path: Path, mode: str = "r") -> Iterator[h5py.File]:
         raise FeatureFileError(f"{path}: no such file")
     try:
         handle = h5py.File(path, mode)
-    except OSError as exc:
+    except H5PY_ERRORS as exc:
         raise FeatureFileError(f"{path}: not a readable h5 file ({exc})") from None
-    with handle:
+    with handle, wrapped_h5py_errors(path):
         yield handle
 
 
@@ -72,25 +114,66 @@ def read_feature_config(path: str | os.PathLike) -> dict | None:
     """The extractor configuration hierloc stored in a feature file (None for a file written by hloc)."""
     with _open(Path(path)) as f:
         raw = f.attrs.get(CONFIG_ATTR)
-    return None if raw is None else json.loads(raw)
+        if raw is None:
+            return None
+        try:
+            config = json.loads(raw)
+        except (TypeError, ValueError) as exc:
+            raise FeatureFileError(f"{path}: its {CONFIG_ATTR} attribute is not JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise FeatureFileError(f"{path}: its {CONFIG_ATTR} attribute is not a JSON object")
+    return config
 
 
 def _read_group(group: h5py.Group, path: Path, name: str) -> LocalFeatures:
+    if not isinstance(group, h5py.Group):
+        raise FeatureFileError(f"{path}: {name!r} is not a group of local features")
     missing = [k for k in ("keypoints", "descriptors") if k not in group]
     if missing:
         raise FeatureFileError(f"{path}: image {name!r} lacks {', '.join(missing)}")
-    keypoints = np.asarray(group["keypoints"], dtype=np.float32) + 0.5
-    descriptors = np.asarray(group["descriptors"], dtype=np.float32).T
-    n = len(keypoints)
-    scores = np.asarray(group["scores"], dtype=np.float32) if "scores" in group else np.ones(n, np.float32)
-    if "image_size" in group:
-        image_size = tuple(int(v) for v in np.asarray(group["image_size"]).reshape(-1)[:2])
-    else:  # hloc always writes it; a file without it gives the extent of its keypoints
-        image_size = tuple(int(np.ceil(v)) + 1 for v in keypoints.max(axis=0)) if n else (1, 1)
     try:
-        return LocalFeatures(keypoints, descriptors, scores, image_size)
+        return _checked_features(group, name)
+    except FeatureFileError:
+        raise
     except ValueError as exc:
         raise FeatureFileError(f"{path}: image {name!r}: {exc}") from None
+
+
+def _checked_features(group: h5py.Group, name: str) -> LocalFeatures:
+    keypoints_data = checked_dataset(group, "keypoints", "keypoints")
+    if len(keypoints_data.shape) != 2 or keypoints_data.shape[1] != 2 or keypoints_data.shape[0] > MAX_KEYPOINTS:
+        raise ValueError(f"keypoints have shape {keypoints_data.shape}, expected (N <= {MAX_KEYPOINTS}, 2)")
+    n = keypoints_data.shape[0]
+    descriptors_data = checked_dataset(group, "descriptors", "descriptors")
+    shape = descriptors_data.shape
+    if len(shape) != 2 or shape[1] != n or not 1 <= shape[0] <= MAX_DESCRIPTOR_DIM:
+        raise ValueError(f"descriptors have shape {shape}, expected (D <= {MAX_DESCRIPTOR_DIM}, N={n})")
+    # Values beyond float32 become infinity, refused below with the dataset's name.
+    with np.errstate(over="ignore", invalid="ignore"):
+        keypoints = np.asarray(keypoints_data[...], dtype=np.float64)
+        descriptors = np.asarray(descriptors_data[...], dtype=np.float32).T
+        scores = np.ones(n, np.float32)
+        if "scores" in group:
+            scores_data = checked_dataset(group, "scores", "scores")
+            if scores_data.shape != (n,):
+                raise ValueError(f"scores have shape {scores_data.shape}, expected ({n},)")
+            scores = np.asarray(scores_data[...], dtype=np.float32)
+    for label, values in (("keypoints", keypoints), ("descriptors", descriptors), ("scores", scores)):
+        if not np.isfinite(values).all():
+            raise ValueError(f"{label} contain NaN or infinity")
+    if np.abs(keypoints).max(initial=0.0) > MAX_IMAGE_SIDE:
+        raise ValueError(f"keypoint coordinates beyond {MAX_IMAGE_SIDE} pixels")
+    if "image_size" in group:
+        size_data = checked_dataset(group, "image_size", "image_size")
+        if size_data.shape != (2,):
+            raise ValueError(f"image_size has shape {size_data.shape}, expected (2,) = (width, height)")
+        sizes = np.asarray(size_data[...], dtype=np.float64)
+        if not (np.isfinite(sizes).all() and (sizes >= 1).all() and (sizes <= MAX_IMAGE_SIDE).all()):
+            raise ValueError(f"image_size {sizes.tolist()} is not (width, height) in [1, {MAX_IMAGE_SIDE}]")
+        image_size = (int(sizes[0]), int(sizes[1]))
+    else:  # hloc always writes it; a file without it gives the extent of its keypoints
+        image_size = tuple(int(np.ceil(v)) + 1 for v in keypoints.max(axis=0) + 0.5) if n else (1, 1)
+    return LocalFeatures((keypoints + 0.5).astype(np.float32), descriptors, scores, image_size)
 
 
 def read_features(path: str | os.PathLike, names: Iterable[str] | None = None) -> dict[str, LocalFeatures]:
@@ -189,10 +272,17 @@ def read_matches(path: str | os.PathLike, name0: str, name1: str) -> tuple[np.nd
     path = Path(path)
     with _open(path) as f:
         for key, reverse in _pair_candidates(name0, name1):
-            if key in f and "matches0" in f[key]:
-                matches0 = np.asarray(f[key]["matches0"]).astype(np.int64)
-                scores0 = (np.asarray(f[key]["matching_scores0"], dtype=np.float32)
-                           if "matching_scores0" in f[key] else np.ones(len(matches0), np.float32))
+            if key in f and isinstance(f[key], h5py.Group) and "matches0" in f[key]:
+                try:
+                    matches0 = np.asarray(checked_dataset(f[key], "matches0", "matches0")[...]).astype(np.int64)
+                    scores0 = (np.asarray(checked_dataset(f[key], "matching_scores0", "matching_scores0")[...],
+                                          dtype=np.float32)
+                               if "matching_scores0" in f[key] else np.ones(len(matches0), np.float32))
+                    if matches0.ndim != 1 or scores0.shape != matches0.shape:
+                        raise ValueError(f"matches0 {matches0.shape} and matching_scores0 {scores0.shape} "
+                                         "are not one value per keypoint")
+                except ValueError as exc:
+                    raise FeatureFileError(f"{path}: pair {key!r}: {exc}") from None
                 i0 = np.flatnonzero(matches0 >= 0)
                 pairs = np.stack([i0, matches0[i0]], axis=1)
                 return (pairs[:, ::-1].copy() if reverse else pairs), scores0[i0]

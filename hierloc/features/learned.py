@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..extraction.global_descriptors import resolve_device
+from ..utils.device import resolve_device
 from .base import ExtractorConfig, LocalFeatureExtractor
 from .torch_utils import load_state_dict, read_weights
 

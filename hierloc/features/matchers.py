@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from ..extraction.global_descriptors import resolve_device
+from ..utils.device import resolve_device
 from .torch_utils import load_state_dict, read_weights
 from .types import LocalFeatures
 

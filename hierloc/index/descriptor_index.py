@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -13,6 +14,10 @@ from hierloc.index.pca import PCA
 from hierloc.utils.ids import normalize_id
 
 _ROTATION_TOLERANCE = 1e-3
+# Largest descriptor a file may declare (hierloc's largest network gives 32768): readers refuse more
+# before allocating anything.
+MAX_DESCRIPTOR_SIZE = 2**20
+_DRIVE = re.compile(r"^[A-Za-z]:")
 
 
 def _all_finite(array: np.ndarray) -> bool:
@@ -37,6 +42,17 @@ def _as_float_array(value: Any, label: str, dtype: type, shape_tail: tuple[int, 
     if array.size and not _all_finite(array):
         raise IndexValidationError(f"{label} row {_first_non_finite_row(array)} contains NaN or infinity")
     return array
+
+
+def check_directions(descriptors: np.ndarray) -> None:
+    """Raise IndexValidationError for a descriptor row of zeros only (it has no direction to search).
+
+    For readers of index files: such a row is damage, and would otherwise fail every search.
+    """
+    if len(descriptors):
+        empty = np.flatnonzero(np.abs(descriptors).max(axis=1) == 0)
+        if empty.size:
+            raise IndexValidationError(f"descriptors row {empty[0]} is all zeros ({empty.size} such rows)")
 
 
 def _as_str_list(value: Any, label: str, n: int) -> list[str]:
@@ -79,8 +95,9 @@ class DescriptorIndex:
         descriptors = np.asarray(self.descriptors)
         if descriptors.ndim != 2:
             raise IndexValidationError(f"descriptors must be an (N, D) matrix, got shape {descriptors.shape}")
-        if descriptors.shape[1] < 1:
-            raise IndexValidationError("descriptors must have at least one dimension (D >= 1)")
+        if not 1 <= descriptors.shape[1] <= MAX_DESCRIPTOR_SIZE:
+            raise IndexValidationError(f"descriptors must have 1 to {MAX_DESCRIPTOR_SIZE} dimensions, "
+                                       f"got {descriptors.shape[1]}")
         if not np.issubdtype(descriptors.dtype, np.floating):
             raise IndexValidationError(f"descriptors must be floating point, got dtype {descriptors.dtype}")
         n, d = descriptors.shape
@@ -95,12 +112,14 @@ class DescriptorIndex:
             raise IndexValidationError(f"keyframe_ids[{bad}]: {exc}") from None
         self.missions = [""] * n if self.missions is None else _as_str_list(self.missions, "missions", n)
         self.names = [""] * n if self.names is None else _as_str_list(self.names, "names", n)
+        self._check_names()
         self.resource_names = (
             list(self.keyframe_ids)
             if self.resource_names is None
             else _as_str_list(self.resource_names, "resource_names", n)
         )
         self.frame_index = self._validated_frame_index(n)
+        self._check_unique_rows()
         if self.positions is not None:
             self.positions = _as_float_array(self.positions, "positions", np.float64, (3,), n)
         if self.rotations is not None:
@@ -131,6 +150,26 @@ class DescriptorIndex:
         if n and (values.min() < 0 or values.max() > np.iinfo(np.uint32).max):
             raise IndexValidationError("frame_index values must fit in uint32")
         return values.astype(np.uint32)
+
+    def _check_names(self) -> None:
+        # Image names are paths relative to the map's image folder (re-ranking reads them from there):
+        # nothing absolute, no "..", no NUL, so that a stored name cannot point outside that folder.
+        for row, name in enumerate(self.names):
+            parts = re.split(r"[/\\]", name)
+            if "\x00" in name or name.startswith(("/", "\\")) or _DRIVE.match(name) or ".." in parts:
+                raise IndexValidationError(f"names[{row}] {name[:80]!r} is not a relative path inside the map")
+
+    def _check_unique_rows(self) -> None:
+        # A keyframe is its (vertex id, camera number): the original's multi-camera vertices share an id.
+        if len(set(self.keyframe_ids)) == len(self.keyframe_ids):
+            return
+        seen: dict[tuple[str, int], int] = {}
+        for row, key in enumerate(zip(self.keyframe_ids, self.frame_index.tolist())):
+            if key in seen:
+                raise IndexValidationError(
+                    f"rows {seen[key]} and {row} are the same keyframe (id {key[0]}, frame {key[1]})"
+                )
+            seen[key] = row
 
     def _check_rotations(self) -> None:
         rotations = self.rotations

@@ -13,6 +13,8 @@ PCA_FORMAT = "hierloc.pca"
 PCA_FORMAT_VERSION = 1
 
 _NORM_EPS = 1e-12
+_SAFE_NORM_RANGE = (1e-15, 1e15)
+_BOUND_TOLERANCE = 1e-3
 # Rows per block when accumulating the covariance, so that a 100k x 4096 map never needs a
 # second full-size float64 copy in memory.
 _COVARIANCE_BLOCK_BYTES = 64 * 2**20
@@ -21,7 +23,23 @@ _COVARIANCE_BLOCK_BYTES = 64 * 2**20
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     """Return float32 rows scaled to unit L2 norm (rows of zeros stay zero)."""
     x = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    with np.errstate(over="ignore", under="ignore"):
+        norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    # Rows of very small or large values lose their norm to float32 under- or overflow: scale those
+    # by their largest value first (the others take the plain path, unchanged to the last bit).
+    extreme = ~((norms > _SAFE_NORM_RANGE[0]) & (norms < _SAFE_NORM_RANGE[1]))
+    if extreme.any():
+        rows = np.flatnonzero(extreme.reshape(-1)) if x.ndim > 1 else None
+        part = x[rows] if rows is not None else x
+        scale = np.abs(part).max(axis=-1, keepdims=True)
+        with np.errstate(invalid="ignore"):
+            scaled = np.where(scale > 0, part / np.where(scale > 0, scale, 1), 0).astype(np.float32)
+        fixed = scaled / np.maximum(np.linalg.norm(scaled, axis=-1, keepdims=True), _NORM_EPS)
+        if rows is None:
+            return fixed.astype(np.float32)
+        out = x / np.maximum(norms, _NORM_EPS)
+        out[rows] = fixed
+        return out
     return x / np.maximum(norms, _NORM_EPS)
 
 
@@ -56,10 +74,16 @@ class PCA:
                 f"PCA explained_variance must have shape ({components.shape[0]},), got {variance.shape}"
             )
         for label, array in (("mean", mean), ("components", components), ("explained_variance", variance)):
-            if not np.issubdtype(array.dtype, np.number) or not np.isfinite(array).all():
-                raise ValueError(f"PCA {label} must be finite numbers")
+            if array.dtype.kind not in "fiu" or not np.isfinite(array).all():
+                raise ValueError(f"PCA {label} must be finite real numbers")
         if (variance < 0).any():
             raise ValueError("PCA explained_variance must be non-negative")
+        # Fitted on unit vectors: the mean lies in the unit ball and the variances sum to at most
+        # n / (n - 1) <= 2. Anything far outside is damage, and would overflow every projection.
+        if float(np.linalg.norm(mean.astype(np.float64))) > 1 + _BOUND_TOLERANCE:
+            raise ValueError("PCA mean has a norm above 1; it was not fitted on unit descriptors")
+        if float(variance.astype(np.float64).sum()) > 2 + _BOUND_TOLERANCE:
+            raise ValueError("PCA explained_variance sums to more than 2; it was not fitted on unit descriptors")
         gram = components.astype(np.float64) @ components.astype(np.float64).T
         if not np.allclose(gram, np.eye(components.shape[0]), atol=1e-3):
             raise ValueError("PCA components are not orthonormal")

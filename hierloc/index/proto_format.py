@@ -29,7 +29,7 @@ import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, Message
 
-from hierloc.index.descriptor_index import DescriptorIndex
+from hierloc.index.descriptor_index import MAX_DESCRIPTOR_SIZE, DescriptorIndex, check_directions
 from hierloc.index.errors import IndexFormatError, IndexValidationError
 from hierloc.utils.ids import id_to_pair, pair_to_id
 from hierloc.utils.io import atomic_write_bytes, to_json_text
@@ -242,12 +242,18 @@ def _index_from_message(message: Message, source: str | os.PathLike) -> Descript
 
     if message.HasField("descriptor_size"):
         d = message.descriptor_size
-        if d < 1:
-            raise IndexFormatError(source, f"descriptor_size is {d}, expected a positive size")
     elif n:
         d = len(frames[0].global_descriptor.data)
     else:
         raise IndexFormatError(source, "has neither a descriptor_size nor any frame to infer it from")
+    if not 1 <= d <= MAX_DESCRIPTOR_SIZE:
+        raise IndexFormatError(source, f"descriptor_size is {d}, expected 1 to {MAX_DESCRIPTOR_SIZE}")
+    # Every size is checked against what the message holds before the arrays are allocated.
+    for i, frame in enumerate(frames):
+        size = len(frame.global_descriptor.data)
+        if size != d:
+            raise IndexFormatError(source, f"frame {i}: global_descriptor (descriptor_size {d}) holds {size} values, "
+                                           f"expected {d}")
 
     descriptors = np.empty((n, d), dtype=np.float32)
     frame_index = np.empty(n, dtype=np.uint32)
@@ -290,7 +296,7 @@ def _index_from_message(message: Message, source: str | os.PathLike) -> Descript
         if extras.HasField("metadata_json"):
             metadata = _metadata(_text(extras.metadata_json, "metadata", source), source)
 
-    return DescriptorIndex(
+    index = DescriptorIndex(
         model_name=_text(message.model_name, "model_name", source),
         data_name=_text(message.data_name, "data_name", source),
         descriptors=descriptors,
@@ -303,6 +309,8 @@ def _index_from_message(message: Message, source: str | os.PathLike) -> Descript
         rotations=rotations,
         metadata=metadata,
     )
+    check_directions(index.descriptors)
+    return index
 
 
 def _matrix_values(matrix: Message, rows: int, cols: int, label: str, source: str | os.PathLike) -> Any:

@@ -8,9 +8,11 @@ a file and read back, memory-mapped where faiss allows it (see `FaissSearch.read
 from __future__ import annotations
 
 import abc
+import contextlib
 import os
 import threading
 import warnings
+from pathlib import Path
 from typing import Any, Callable, ClassVar, TypeVar
 
 import faiss
@@ -71,8 +73,17 @@ class SearchBackend(abc.ABC):
         return {}
 
     def memory_bytes(self) -> int:
-        """Bytes the structure occupies (what it would take to store it), or -1 if unknown."""
+        """Bytes the structure occupies in RAM (what it would take to store it), or -1 if unknown."""
         return -1
+
+    def disk_bytes(self) -> int:
+        """Bytes kept on disk and memory-mapped rather than in RAM once read back (not in memory_bytes)."""
+        return 0
+
+    @classmethod
+    def companion_paths(cls, path: str | os.PathLike) -> list[Path]:
+        """Files that `write(path)` puts next to `path` besides `path` itself (to move or delete with it)."""
+        return []
 
     def _checked(self, vectors: np.ndarray, label: str) -> np.ndarray:
         array = np.asarray(vectors)
@@ -133,6 +144,15 @@ def backend_class(kind: str) -> type[SearchBackend]:
 def make_backend(kind: str, dim: int, **params: Any) -> SearchBackend:
     """Create an empty search backend by name, passing `params` to its constructor."""
     return backend_class(kind)(dim, **params)
+
+
+def remove_side_file(path: str | os.PathLike) -> None:
+    """Delete a structure file written by some backend's `write(path)` and the files written beside it."""
+    path = Path(path)
+    companions = {p for cls in _REGISTRY.values() for p in cls.companion_paths(path)}
+    for file in (path, *sorted(companions)):
+        with contextlib.suppress(FileNotFoundError):
+            file.unlink()
 
 
 def squared_to_euclidean(squared: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -40,7 +40,7 @@ class UpdateReport:
 
 def _stored_backend(path: str | os.PathLike,
                     index: DescriptorIndex) -> tuple[SearchBackend | None, StoredSearchInfo | None]:
-    info = StoredSearchInfo.from_metadata(index.metadata)
+    info = StoredSearchInfo.from_metadata(index.metadata, path)
     if info is None or info.file is None:
         return None, info
     loaded = load_stored_search(path, index, mmap=False)

@@ -297,17 +297,13 @@ def import_colmap_model(model_dir: str | os.PathLike, features_path: str | os.Pa
     says it itself.
     Global descriptors need the images (`image_dir`, default: `images/` beside the model).
     """
-    import pycolmap
-
     from ..features.h5io import read_features
+    from ..maps.readers.colmap_binary import load_colmap_reconstruction
     from ..maps.types import keyframe_id
     from .scene_map import cam_from_world_matrix
 
     model_dir, features_path = Path(model_dir), Path(features_path)
-    try:
-        reconstruction = pycolmap.Reconstruction(str(model_dir))
-    except Exception as exc:  # pycolmap raises terse RuntimeErrors
-        raise ValueError(f"{model_dir}: cannot read the COLMAP model ({exc})") from None
+    reconstruction = load_colmap_reconstruction(model_dir)  # validated first: pycolmap trusts every count
     stored = read_feature_config(features_path)
     if stored is None and features is None:
         raise ValueError(f"{features_path} does not say which features it holds (written by hloc?): "
@@ -384,10 +380,9 @@ def attach_global_index(scene: SceneMap, describer, descriptors: np.ndarray, nam
 
 
 def write_build_outputs(scene: SceneMap, report: dict[str, Any], out_dir: str | os.PathLike) -> Path:
-    """Save the map folder plus the pair list used (hloc layout)."""
+    """Save the map folder plus the pair list used (hloc layout), all in one step (see SceneMap.save)."""
     out_dir = Path(out_dir)
-    scene.save(out_dir)
-    write_pairs(out_dir / "pairs.txt", report["pair_list"])
+    scene.save(out_dir, extra_files=lambda staging: write_pairs(staging / "pairs.txt", report["pair_list"]))
     return out_dir
 
 

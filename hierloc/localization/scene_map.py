@@ -8,6 +8,14 @@ On disk a map is a folder:
     global_index.h5      global descriptors of the keyframes: a hierloc index (describer recorded, search
                          structure stored) that retrieval goes through, if retrieval is on
     describer-*.pth      the describer's weights when not in the registry (e.g. adapted to this map)
+    pairs.txt            the image pairs matched (written by `hierloc map build`)
+    MANIFEST.json        every other file with its size and CRC32C, written last
+
+A map folder switches from the old to the new content in one step: `save` writes everything into a hidden
+sibling folder (`.<name>.hierloc-tmp-<pid>-<random>`), fsyncs it and exchanges it with the old folder
+(renameat2 on Linux). `load` refuses a folder that does not match its manifest (torn, mixed or damaged) with one
+line naming it, and validates map.json field by field. Map images are referenced as plain relative names
+(`image_name`) inside one folder (`image_root`).
 
 Poses are T_world_cam (camera-to-world) as everywhere in hierloc; COLMAP stores cam_from_world.
 """
@@ -16,10 +24,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -28,12 +38,23 @@ from ..features.h5io import read_features, write_features
 from ..features.types import LocalFeatures
 from ..maps.poses import invert_pose
 from ..maps.types import Camera
-from ..utils.io import atomic_write_text, to_json_text
+from ..utils.images import IMAGE_EXTENSIONS
+from ..utils.io import (
+    TornFolderError,
+    atomic_directory,
+    atomic_write_text,
+    is_plain_relative_name,
+    recover_directory,
+    to_json_text,
+    verify_manifest,
+    write_manifest,
+)
 
 logger = logging.getLogger(__name__)
 
 MAP_FORMAT = "hierloc-scene-map"
-MAP_VERSION = 1
+MAP_VERSION = 2  # 2: MANIFEST.json, image_root + image_name instead of absolute image paths
+MANIFEST_FILE = "MANIFEST.json"
 ADAPTED_MODEL_FILE = "global_model.pth"  # maps written before describers were recorded
 GLOBAL_INDEX_FILE = "global_index.h5"
 
@@ -55,10 +76,13 @@ class MapImage:
     colmap_id: int = 0
     calibrated: bool = True  # False: the camera is a guess that SfM may refine
 
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready description (the pose is in the COLMAP model)."""
+    def to_json(self, image_root: Path | None = None) -> dict[str, Any]:
+        """JSON-ready description (the pose is in the COLMAP model); the image file as a name under `image_root`."""
+        image_name = None
+        if self.image_path is not None and image_root is not None:
+            image_name = Path(os.path.abspath(self.image_path)).relative_to(image_root).as_posix()
         return {"name": self.name, "keyframe_id": self.keyframe_id, "mission": self.mission,
-                "image_path": None if self.image_path is None else str(self.image_path), "colmap_id": self.colmap_id}
+                "image_name": image_name, "colmap_id": self.colmap_id}
 
 
 def cam_from_world_matrix(image) -> np.ndarray:
@@ -221,27 +245,51 @@ class SceneMap:
 
     # ------------------------------------------------------------------ files
 
-    def save(self, folder: str | os.PathLike) -> Path:
-        """Write the map folder (see the module docstring); returns it."""
-        from ..index.io import save_index
+    def save(self, folder: str | os.PathLike, extra_files: Callable[[Path], None] | None = None) -> Path:
+        """Write the map folder (see the module docstring) in one step; returns it.
 
+        Everything is written into a temporary sibling folder (plus what `extra_files(folder)` adds), listed in
+        MANIFEST.json, fsynced and swapped with `folder`: a kill at any moment leaves the old map or the new one.
+        """
         folder = Path(folder)
-        (folder / "sfm").mkdir(parents=True, exist_ok=True)
-        self.reconstruction.write_binary(str(folder / "sfm"))
-        write_features(folder / "features.h5", self.features, self.feature_config)
-        global_model = self.global_model
-        if self.global_index is not None and self.global_describer is not None:
-            self._save_global_index(folder)
-        elif self.global_index is not None and (self.root is None or Path(self.root).resolve() != folder.resolve()):
-            save_index(self.global_index, folder / GLOBAL_INDEX_FILE)
-        description = {
-            "format": MAP_FORMAT, "version": MAP_VERSION, "hierloc_version": __version__,
-            "features": self.feature_config, "matcher": self.matcher_config, "global_model": global_model,
-            "images": [im.to_json() for im in self.images], "metadata": self.metadata,
-        }
-        atomic_write_text(folder / "map.json", to_json_text(description, indent=2))
+        check_map_target(folder)
+        with atomic_directory(folder) as staging:
+            self._write_files(staging)
+            if extra_files is not None:
+                extra_files(staging)
+            write_manifest(staging, MANIFEST_FILE)
         self.root = folder
         return folder
+
+    def _write_files(self, staging: Path) -> None:
+        """Every file of the map into the empty folder `staging` (which becomes the map folder)."""
+        from ..index.io import save_index
+
+        (staging / "sfm").mkdir()
+        self.reconstruction.write_binary(str(staging / "sfm"))
+        write_features(staging / "features.h5", self.features, self.feature_config)
+        if self.global_index is not None and self.global_describer is not None:
+            self._save_global_index(staging)
+        elif self.global_index is not None:
+            saved_root = Path(self.root) if self.root is not None else None
+            if saved_root is not None and (saved_root / GLOBAL_INDEX_FILE).is_file():
+                # Loaded from a folder: its index, search structure and describer weights are copied as they are.
+                written = {"map.json", MANIFEST_FILE, "pairs.txt", "features.h5"}
+                for entry in os.scandir(saved_root):
+                    if entry.is_file(follow_symlinks=False) and not entry.name.startswith(".") \
+                            and entry.name not in written:
+                        shutil.copyfile(entry.path, staging / entry.name)
+            else:
+                save_index(self.global_index, staging / GLOBAL_INDEX_FILE)
+        paths = [os.path.abspath(im.image_path) for im in self.images if im.image_path is not None]
+        image_root = Path(os.path.commonpath([os.path.dirname(p) for p in paths])) if paths else None
+        description = {
+            "format": MAP_FORMAT, "version": MAP_VERSION, "hierloc_version": __version__,
+            "features": self.feature_config, "matcher": self.matcher_config, "global_model": self.global_model,
+            "image_root": None if image_root is None else str(image_root),
+            "images": [im.to_json(image_root) for im in self.images], "metadata": self.metadata,
+        }
+        atomic_write_text(staging / "map.json", to_json_text(description, indent=2))
 
     def _save_global_index(self, folder: Path) -> None:
         """The global index with its describer record (weights beside it) and its search structure."""
@@ -257,29 +305,33 @@ class SceneMap:
                                pca=self.global_index.pca if pca_dims else None)
 
     @classmethod
-    def load(cls, folder: str | os.PathLike) -> "SceneMap":
-        """Read a map folder written by `save`."""
-        import pycolmap
+    def load(cls, folder: str | os.PathLike, verify: str = "auto") -> "SceneMap":
+        """Read a map folder written by `save`; a torn, mixed or malformed one is refused (MapFormatError).
 
+        `verify`: "auto" checks every file's size against the manifest and the checksum of files up to 16 MiB;
+        "full" checksums every file.
+        """
         from ..index.io import load_index
 
         folder = Path(folder)
+        if not folder.exists() and recover_directory(folder):
+            logger.warning("%s: put back the previous map, set aside by a build that was killed", folder)
         description_path = folder / "map.json"
         if not description_path.is_file():
             raise MapFormatError(f"{folder}: not a hierloc 3-D map (no map.json); build one with `hierloc map build`")
-        try:
-            description = json.loads(description_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise MapFormatError(f"{description_path}: not valid JSON ({exc})") from None
-        if description.get("format") != MAP_FORMAT:
-            raise MapFormatError(f"{description_path}: format {description.get('format')!r}, expected {MAP_FORMAT!r}")
-        if int(description.get("version", 0)) > MAP_VERSION:
-            raise MapFormatError(f"{description_path}: map version {description['version']} is newer than this "
-                                 f"hierloc reads ({MAP_VERSION}); upgrade hierloc")
-        try:
-            reconstruction = pycolmap.Reconstruction(str(folder / "sfm"))
-        except Exception as exc:  # pycolmap raises terse RuntimeErrors
-            raise MapFormatError(f"{folder / 'sfm'}: cannot read the COLMAP model ({exc})") from None
+        has_manifest = (folder / MANIFEST_FILE).is_file()
+        if has_manifest:
+            try:
+                verify_manifest(folder, MANIFEST_FILE, checksum_max_bytes=None if verify == "full" else 16 << 20)
+            except TornFolderError as exc:
+                raise MapFormatError(str(exc)) from None
+        description = read_map_description(description_path)
+        if description["version"] >= 2 and not has_manifest:
+            raise MapFormatError(f"{folder}: torn or incomplete map (no {MANIFEST_FILE}, which is written last)")
+        if not has_manifest:
+            logger.warning("%s: a map of version %d has no manifest; a torn write cannot be detected (rebuild it)",
+                           folder, description["version"])
+        reconstruction = _read_reconstruction(folder / "sfm")
         names = [entry["name"] for entry in description["images"]]
         features = read_features(folder / "features.h5", names)
         rec_by_name = {im.name: im for im in reconstruction.images.values()}
@@ -288,13 +340,152 @@ class SceneMap:
             rec_image = rec_by_name.get(entry["name"])
             if rec_image is None:
                 raise MapFormatError(f"{folder}: image {entry['name']!r} is in map.json but not in sfm/")
+            if rec_image.camera_id not in reconstruction.cameras:
+                raise MapFormatError(f"{folder / 'sfm'}: image {entry['name']!r} has no camera")
             images.append(MapImage(entry["name"], entry["keyframe_id"], entry["mission"],
                                    Camera.from_pycolmap(reconstruction.cameras[rec_image.camera_id]),
-                                   np.eye(4), Path(entry["image_path"]) if entry.get("image_path") else None))
+                                   np.eye(4), entry["image_path"]))
         global_index = load_index(folder / GLOBAL_INDEX_FILE) if (folder / GLOBAL_INDEX_FILE).is_file() else None
-        global_model = description.get("global_model")
-        scene = cls.from_reconstruction(reconstruction, images, features, description["features"],
-                                        description["matcher"], global_index=global_index,
-                                        global_model=global_model, metadata=description.get("metadata", {}))
+        try:
+            scene = cls.from_reconstruction(reconstruction, images, features, description["features"],
+                                            description["matcher"], global_index=global_index,
+                                            global_model=description["global_model"],
+                                            metadata=description["metadata"])
+        except MapFormatError as exc:
+            raise MapFormatError(f"{folder}: {exc}") from None
+        for image in scene.images:
+            if not np.isfinite(image.pose).all() or not np.isfinite(image.camera.params).all():
+                raise MapFormatError(f"{folder / 'sfm'}: image {image.name!r} has a non-finite pose or camera")
+        if not np.isfinite(scene.points_xyz).all():
+            raise MapFormatError(f"{folder / 'sfm'}: non-finite 3-D point coordinates")
         scene.root = folder
         return scene
+
+
+def check_map_target(folder: str | os.PathLike) -> None:
+    """Refuse to write a map over a folder that holds something else: saving replaces the whole folder."""
+    folder = Path(folder)
+    if folder.is_symlink() and not folder.is_dir():
+        raise MapFormatError(f"{folder}: a link to no folder; not writing a map there")
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise MapFormatError(f"{folder}: exists and is not a folder; choose another map folder")
+    if not any(folder.iterdir()):
+        return
+    try:
+        is_map = json.loads((folder / "map.json").read_text(encoding="utf-8")).get("format") == MAP_FORMAT
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError, RecursionError):
+        is_map = False
+    if not is_map:
+        raise MapFormatError(f"{folder}: exists and is not a hierloc 3-D map (no valid map.json); a map build "
+                             "replaces the whole folder, so choose another one or remove it")
+
+
+def _read_reconstruction(sfm_dir: Path):
+    """The COLMAP model of a map, validated before pycolmap allocates anything."""
+    try:
+        from ..maps.readers.colmap_binary import load_colmap_reconstruction
+    except ImportError:  # the validating reader is not there: pycolmap directly
+        load_colmap_reconstruction = None
+    if load_colmap_reconstruction is not None:
+        try:
+            return load_colmap_reconstruction(sfm_dir)
+        except (ValueError, OSError, RuntimeError) as exc:
+            raise MapFormatError(str(exc) if str(sfm_dir) in str(exc) else f"{sfm_dir}: {exc}") from None
+    import pycolmap
+
+    try:
+        return pycolmap.Reconstruction(str(sfm_dir))
+    except Exception as exc:  # pycolmap raises terse RuntimeErrors
+        raise MapFormatError(f"{sfm_dir}: cannot read the COLMAP model ({exc})") from None
+
+
+def _image_path_of(entry: dict, image_root: str | None, source: Path) -> Path | None:
+    """The image file of a map.json image entry: a plain relative name under image_root (version 2) or, in
+    version 1 maps, an absolute path; anything else (outside the folder, not an image file) is refused."""
+    name = entry.get("image_name")
+    legacy = entry.get("image_path")
+    if name is not None:
+        if not is_plain_relative_name(name):
+            raise MapFormatError(f"{source}: image_name {name!r} is not a plain relative name inside image_root")
+        if image_root is None:
+            raise MapFormatError(f"{source}: image_name {name!r} without an image_root")
+        path = Path(image_root) / name
+        root_real = os.path.realpath(image_root)
+        if os.path.commonpath([root_real, os.path.realpath(path)]) != root_real:
+            raise MapFormatError(f"{source}: image {name!r} leads outside image_root (a link)")
+    elif legacy is not None:
+        if not isinstance(legacy, str) or "\x00" in legacy or not os.path.isabs(legacy) or ".." in Path(legacy).parts:
+            raise MapFormatError(f"{source}: image_path {legacy!r} is not an absolute path without '..'")
+        path = Path(legacy)
+    else:
+        return None
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        raise MapFormatError(f"{source}: image {str(path)!r} is not an image file ({', '.join(IMAGE_EXTENSIONS)})")
+    return path
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def read_map_description(path: str | os.PathLike) -> dict[str, Any]:
+    """map.json parsed and validated field by field (MapFormatError, one line naming the file, otherwise).
+
+    The result has every field with its type checked; each image entry has "image_path" (Path or None).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        description = json.loads(text, parse_constant=lambda c: math.nan)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MapFormatError(f"{path}: unreadable ({exc})") from None
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise MapFormatError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(description, dict):
+        raise MapFormatError(f"{path}: expected a JSON object, got {type(description).__name__}")
+    if description.get("format") != MAP_FORMAT:
+        raise MapFormatError(f"{path}: format {description.get('format')!r}, expected {MAP_FORMAT!r}")
+    version = description.get("version", 1)
+    if not _is_int(version) or version < 1:
+        raise MapFormatError(f"{path}: version {version!r} is not a positive integer")
+    if version > MAP_VERSION:
+        raise MapFormatError(f"{path}: map version {version} is newer than this hierloc reads ({MAP_VERSION}); "
+                             "upgrade hierloc")
+    for key, kinds, required in (("features", dict, True), ("matcher", dict, True), ("metadata", dict, False),
+                                 ("global_model", (dict, type(None)), False), ("image_root", (str, type(None)), False),
+                                 ("images", list, True)):
+        if key not in description:
+            if required:
+                raise MapFormatError(f"{path}: no {key!r} field")
+            continue
+        if not isinstance(description[key], kinds):
+            raise MapFormatError(f"{path}: {key!r} is {type(description[key]).__name__}, not what a map has")
+    metadata = description.get("metadata", {})
+    image_root = description.get("image_root")
+    if image_root is not None and ("\x00" in image_root or not os.path.isabs(image_root)):
+        raise MapFormatError(f"{path}: image_root {image_root!r} is not an absolute folder")
+    images, seen = [], set()
+    for k, entry in enumerate(description["images"]):
+        if not isinstance(entry, dict):
+            raise MapFormatError(f"{path}: images[{k}] is {type(entry).__name__}, not an object")
+        for key in ("name", "keyframe_id", "mission"):
+            if not isinstance(entry.get(key), str) or not entry[key]:
+                raise MapFormatError(f"{path}: images[{k}] has {key} {entry.get(key)!r}, not a non-empty string")
+        if not is_plain_relative_name(entry["name"]):
+            raise MapFormatError(f"{path}: images[{k}] name {entry['name']!r} is not a plain relative name")
+        if entry["name"] in seen:
+            raise MapFormatError(f"{path}: image {entry['name']!r} is listed twice")
+        seen.add(entry["name"])
+        for key in ("image_name", "image_path"):
+            if entry.get(key) is not None and not isinstance(entry[key], str):
+                raise MapFormatError(f"{path}: images[{k}] has {key} {entry[key]!r}, not a string")
+        if "colmap_id" in entry and not _is_int(entry["colmap_id"]):
+            raise MapFormatError(f"{path}: images[{k}] has colmap_id {entry['colmap_id']!r}, not an integer")
+        images.append({"name": entry["name"], "keyframe_id": entry["keyframe_id"], "mission": entry["mission"],
+                       "image_path": _image_path_of(entry, image_root, path)})
+    if not images:
+        raise MapFormatError(f"{path}: the map lists no image")
+    return {"version": version, "features": description["features"], "matcher": description["matcher"],
+            "global_model": description.get("global_model"), "metadata": metadata, "images": images}

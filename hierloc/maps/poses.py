@@ -25,6 +25,13 @@ from hierloc.utils.images import IMAGE_EXTENSIONS
 logger = logging.getLogger(__name__)
 
 POSE_FORMATS = ("auto", "tum", "kitti", "csv")
+# Longest line of a pose file: real lines are under 1 KiB; a longer one is damage (and csv refuses fields over
+# 128 KiB with its own error).
+MAX_POSE_LINE_CHARS = 64 * 1024
+# How far a 3x3 block may be from a rotation (|R R^T - I|, |det R - 1|): 12 printed digits give 1e-9; poses
+# exported in float32 give 1e-6.
+ROTATION_TOLERANCE = 1e-4
+MAX_IMAGE_SIDE = 1 << 20  # largest image side a camera file may declare
 
 
 # --------------------------------------------------------------------------- rotations and poses
@@ -35,10 +42,14 @@ def qvec_to_rotmat(qvec: np.ndarray) -> np.ndarray:
     q = np.asarray(qvec, dtype=np.float64)
     if q.shape[-1] != 4:
         raise ValueError(f"a quaternion has 4 values (w, x, y, z), got shape {q.shape}")
-    norms = np.linalg.norm(q, axis=-1)
+    if not np.all(np.isfinite(q)):
+        raise ValueError("cannot convert a non-finite quaternion to a rotation")
+    scale = np.abs(q).max(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):  # scaled first: squares of 1e300 overflow
+        norms = np.linalg.norm(q / scale, axis=-1) * scale[..., 0]
     if np.any(~np.isfinite(norms)) or np.any(norms < 1e-12):
         raise ValueError("cannot convert a zero or non-finite quaternion to a rotation")
-    return Rotation.from_quat(q, scalar_first=True).as_matrix()
+    return Rotation.from_quat(q / norms[..., None], scalar_first=True).as_matrix()
 
 
 def rotmat_to_qvec(rotmat: np.ndarray) -> np.ndarray:
@@ -47,6 +58,23 @@ def rotmat_to_qvec(rotmat: np.ndarray) -> np.ndarray:
     if R.shape[-2:] != (3, 3):
         raise ValueError(f"a rotation matrix is 3x3, got shape {R.shape}")
     return Rotation.from_matrix(R).as_quat(canonical=True, scalar_first=True)
+
+
+def rotation_problem(R: np.ndarray, tolerance: float = ROTATION_TOLERANCE) -> str | None:
+    """Why a 3x3 matrix is not a rotation (finite, orthonormal, determinant +1), or None when it is one."""
+    R = np.asarray(R, dtype=np.float64)
+    if R.shape != (3, 3) or not np.all(np.isfinite(R)):
+        return "not a finite 3x3 matrix"
+    if np.abs(R).max() > 1.0 + tolerance:  # also keeps R R^T below overflow
+        return f"not orthonormal (an entry of {np.abs(R).max():.3g})"
+    orthonormality = float(np.abs(R @ R.T - np.eye(3)).max())
+    if orthonormality > tolerance:
+        return f"not orthonormal (|R R^T - I| = {orthonormality:.2g})"
+    determinant = float(np.linalg.det(R))
+    if abs(determinant - 1.0) > tolerance:
+        return f"determinant {determinant:.4g}, not +1 (a reflection)" if determinant < 0 else \
+            f"determinant {determinant:.4g}, not +1"
+    return None
 
 
 def make_pose(rotation: np.ndarray, translation: np.ndarray) -> np.ndarray:
@@ -135,10 +163,21 @@ class PoseTable:
 def _data_lines(path: Path) -> list[tuple[int, str]]:
     """(1-based line number, stripped text) of non-blank, non-'#' lines."""
     lines = []
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+    for number, line in enumerate(_text_lines(path), start=1):
         line = line.strip()
         if line and not line.startswith("#"):
             lines.append((number, line))
+    return lines
+
+
+def _text_lines(path: Path) -> list[str]:
+    """The file's lines; ValueError naming the line when one is longer than MAX_POSE_LINE_CHARS or holds NUL."""
+    lines = _read_text(path).splitlines()
+    for number, line in enumerate(lines, start=1):
+        if len(line) > MAX_POSE_LINE_CHARS:
+            raise ValueError(f"{path}:{number}: line of {len(line)} characters (at most {MAX_POSE_LINE_CHARS})")
+        if "\x00" in line:
+            raise ValueError(f"{path}:{number}: NUL character")
     return lines
 
 
@@ -176,6 +215,9 @@ def read_tum(path: str | os.PathLike) -> PoseTable:
     if not rows:
         raise _empty(path)
     data = np.stack(rows)
+    duplicate = _first_duplicate(data[:, 0].tolist(), [number for number, _ in lines])
+    if duplicate is not None:
+        raise ValueError(f"{path}:{duplicate[0]}: duplicate timestamp {duplicate[1]!r}")
     poses = np.empty((len(data), 4, 4))
     for i, (row, (number, _)) in enumerate(zip(data, lines)):
         try:
@@ -188,11 +230,16 @@ def read_tum(path: str | os.PathLike) -> PoseTable:
 def read_kitti(path: str | os.PathLike) -> PoseTable:
     """KITTI odometry poses: 12 numbers per line, a 3x4 row-major camera-to-world matrix."""
     path = Path(path)
-    rows = [_numbers(path, n, line, 12, "3x4 row-major matrix") for n, line in _data_lines(path)]
+    lines = _data_lines(path)
+    rows = [_numbers(path, n, line, 12, "3x4 row-major matrix") for n, line in lines]
     if not rows:
         raise _empty(path)
     poses = np.tile(np.eye(4), (len(rows), 1, 1))
     poses[:, :3, :] = np.stack(rows).reshape(-1, 3, 4)
+    for (number, _), pose in zip(lines, poses):
+        problem = rotation_problem(pose[:3, :3])
+        if problem is not None:
+            raise ValueError(f"{path}:{number}: the rotation part is {problem}")
     return PoseTable(poses, path=path, format="kitti")
 
 
@@ -218,10 +265,23 @@ def _normalise_column(name: str) -> str:
     return re.sub(r"[\s\-\.]+", "_", name.strip()).strip("_")
 
 
-def _split_row(line: str, delimiter: str | None) -> list[str]:
+def _split_row(line: str, delimiter: str | None, where: str) -> list[str]:
     if delimiter is None:
         return line.split()
-    return [cell.strip() for cell in next(csv.reader(io.StringIO(line), delimiter=delimiter))]
+    try:
+        return [cell.strip() for cell in next(csv.reader(io.StringIO(line), delimiter=delimiter, strict=True))]
+    except (csv.Error, StopIteration) as error:
+        raise ValueError(f"{where}: malformed CSV row ({error})") from None
+
+
+def _first_duplicate(keys: Sequence, numbers: Sequence[int]) -> tuple[int, object] | None:
+    """(line number, key) of the first key seen before, or None."""
+    seen: set = set()
+    for key, number in zip(keys, numbers):
+        if key in seen:
+            return number, key
+        seen.add(key)
+    return None
 
 
 def read_pose_csv(path: str | os.PathLike) -> PoseTable:
@@ -234,7 +294,7 @@ def read_pose_csv(path: str | os.PathLike) -> PoseTable:
     the first uncommented line is numeric (EuRoC style).
     """
     path = Path(path)
-    lines = _read_text(path).splitlines()
+    lines = _text_lines(path)
     header_number, header, comment = None, None, None
     for number, raw in enumerate(lines, start=1):
         line = raw.strip()
@@ -253,7 +313,7 @@ def read_pose_csv(path: str | os.PathLike) -> PoseTable:
             f"{path}: no CSV header; expected column names like 'timestamp,x,y,z,qw,qx,qy,qz' or 'time,x,y,angle'"
         )
     delimiter = "," if "," in header else ";" if ";" in header else "\t" if "\t" in header else None
-    columns = [_normalise_column(c) for c in _split_row(header, delimiter)]
+    columns = [_normalise_column(c) for c in _split_row(header, delimiter, f"{path}:{header_number}")]
     found: dict[str, int] = {}
     for key, synonyms in _CSV_COLUMNS.items():
         for synonym in synonyms:
@@ -271,12 +331,13 @@ def read_pose_csv(path: str | os.PathLike) -> PoseTable:
                else "an orientation (qw qx qy qz, roll pitch yaw, or yaw/heading/angle)")
         )
 
-    times, names, poses = [], [], []
+    times, names, poses, numbers = [], [], [], []
     for number, raw in enumerate(lines[header_number:], start=header_number + 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        cells = _split_row(line, delimiter)
+        numbers.append(number)
+        cells = _split_row(line, delimiter, f"{path}:{number}")
         if len(cells) != len(columns):
             raise ValueError(f"{path}:{number}: expected {len(columns)} columns as in the header, got {len(cells)}")
 
@@ -311,6 +372,11 @@ def read_pose_csv(path: str | os.PathLike) -> PoseTable:
             names.append(cells[found["name"]])
     if not poses:
         raise _empty(path)
+    duplicate = _first_duplicate(names, numbers) if "name" in found else \
+        _first_duplicate(times, numbers) if "time" in found else None
+    if duplicate is not None:
+        raise ValueError(f"{path}:{duplicate[0]}: duplicate {'image name' if 'name' in found else 'timestamp'} "
+                         f"{str(duplicate[1])[:80]!r}")
     timestamps = _to_seconds(np.array(times)) if "time" in found else None
     return PoseTable(np.stack(poses), timestamps, names if "name" in found else None, path, "csv")
 
@@ -329,7 +395,7 @@ def detect_pose_format(path: str | os.PathLike) -> str:
     path = Path(path)
     lines = _data_lines(path)
     if not lines:
-        if any(line.strip().startswith("#") for line in _read_text(path).splitlines()):
+        if any(line.strip().startswith("#") for line in _text_lines(path)):
             return "csv"  # only a '#' header: let the CSV reader report the missing rows
         raise _empty(path)
     number, line = lines[0]
@@ -411,9 +477,14 @@ def read_strecha_camera(path: str | os.PathLike) -> tuple[Camera, np.ndarray]:
     R = np.stack([_numbers(path, n, line, 3, "a row of R") for n, line in lines[4:7]])
     C = _numbers(path, lines[7][0], lines[7][1], 3, "camera centre")
     size = _numbers(path, lines[8][0], lines[8][1], 2, "width height")
-    if abs(np.linalg.det(R) - 1.0) > 1e-3 or not np.allclose(R @ R.T, np.eye(3), atol=1e-3):
-        raise ValueError(f"{path}:{lines[4][0]}: R is not a rotation matrix")
+    problem = rotation_problem(R, tolerance=1e-3)
+    if problem is not None:
+        raise ValueError(f"{path}:{lines[4][0]}: R is not a rotation matrix ({problem})")
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    if not (fx > 0 and fy > 0):
+        raise ValueError(f"{path}:{lines[0][0]}: focal lengths must be positive, got {fx:g} and {fy:g}")
+    if not np.all((size >= 1) & (size <= MAX_IMAGE_SIDE)):
+        raise ValueError(f"{path}:{lines[8][0]}: image size {lines[8][1][:40]!r} outside 1..{MAX_IMAGE_SIDE}")
     width, height = int(round(size[0])), int(round(size[1]))
     if np.allclose(distortion, 0.0):
         camera = Camera.pinhole(fx, fy, cx, cy, width, height)

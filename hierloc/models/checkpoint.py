@@ -1,8 +1,16 @@
-"""hierloc checkpoints: configuration + state dict + provenance, loaded without unpickling code."""
+"""hierloc checkpoints: configuration + state dict + provenance, loaded without unpickling code.
+
+A checkpoint is untrusted input: its structure is checked, its configuration is bounded
+(`configs.validate_config`) before a model is built, and the SHA-256 of its tensors recorded when
+hierloc wrote it (`CHECKSUM_KEY`) is verified when it is read, so a damaged file is refused instead
+of giving other descriptors. Checkpoints without the record (older ones, foreign state dicts) load
+unchecked.
+"""
 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +22,10 @@ from ..utils.io import atomic_path
 
 CHECKPOINT_FORMAT = "hierloc-checkpoint"
 CHECKPOINT_VERSION = 1
+# Key of the SHA-256 of the checkpoint's tensors (`tensors_sha256`), written by hierloc and verified on
+# load: torch does not check the bytes it reads, and a flipped bit changes descriptors silently.
+# Checkpoints written before it existed (and foreign ones) have none and load unchecked.
+CHECKSUM_KEY = "tensors_sha256"
 
 
 class CheckpointError(RuntimeError):
@@ -34,6 +46,7 @@ def save_checkpoint(model, path: str | os.PathLike, provenance: dict[str, Any] |
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "provenance": provenance or {},
     }
+    payload[CHECKSUM_KEY] = tensors_sha256(payload["state_dict"])
     path = Path(path)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -41,17 +54,57 @@ def save_checkpoint(model, path: str | os.PathLike, provenance: dict[str, Any] |
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint file safely (`weights_only=True`), with errors that name the file."""
+    """Load a checkpoint file safely (`weights_only=True`), with errors that name the file.
+
+    A hierloc checkpoint's structure is checked (configuration and tensors of the right types), and a
+    recorded tensor checksum (`CHECKSUM_KEY`) must match the tensors read.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files: not the user's concern
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated or foreign files
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
+        # torch's messages run over many lines (advice on weights_only); the first says what failed.
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: "
+                              f"{first[:300]})") from None
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(payload).__name__}")
+    if is_hierloc_checkpoint(payload):
+        _check_structure(payload, path)
+    if CHECKSUM_KEY in payload:
+        verify_checksum(payload, path)
     return payload
+
+
+def checksummed_tensors(payload: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensors a checkpoint's checksum covers: its state dict, or a plain state dict's top-level tensors."""
+    if is_hierloc_checkpoint(payload):
+        return payload["state_dict"]
+    return {k: v for k, v in payload.items() if isinstance(v, torch.Tensor)}
+
+
+def verify_checksum(payload: dict[str, Any], source: str | os.PathLike) -> None:
+    """Raise CheckpointError unless the tensors match the checksum recorded when the file was written."""
+    expected = payload.get(CHECKSUM_KEY)
+    if not isinstance(expected, str):
+        raise CheckpointError(f"{source}: its {CHECKSUM_KEY} record is a {type(expected).__name__}, not a digest")
+    if tensors_sha256(checksummed_tensors(payload)) != expected:
+        raise CheckpointError(f"{source}: its tensors do not match the checksum recorded when it was written "
+                              "(the file is damaged)")
+
+
+def _check_structure(payload: dict[str, Any], path: Path) -> None:
+    for key, kind in (("model_kind", str), ("config", dict), ("state_dict", dict)):
+        if not isinstance(payload.get(key), kind):
+            raise CheckpointError(f"{path}: '{key}' is a {type(payload.get(key)).__name__}, not a {kind.__name__} "
+                                  "(damaged checkpoint)")
+    bad = [k for k, v in payload["state_dict"].items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: state_dict entry {bad[0]!r} is not a named tensor (damaged checkpoint)")
 
 
 def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:

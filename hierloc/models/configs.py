@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,18 +106,107 @@ def config_to_dict(config: Any) -> dict:
 
 
 def config_from_dict(kind: str, values: dict) -> Any:
-    """Rebuild a configuration dataclass, refusing unknown keys with a clear message."""
+    """Rebuild a configuration dataclass, refusing unknown keys and values outside `validate_config`'s bounds."""
     if kind not in CONFIG_CLASSES:
         raise ValueError(f"unknown model kind {kind!r}; known: {sorted(CONFIG_CLASSES)}")
+    if not isinstance(values, dict):
+        raise ValueError(f"a {kind} configuration must be a dict, got {type(values).__name__}")
     cls = CONFIG_CLASSES[kind]
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(values) - known
     if unknown:
-        raise ValueError(f"unknown {kind} configuration keys: {sorted(unknown)}")
+        raise ValueError(f"unknown {kind} configuration keys: {sorted(unknown, key=str)}")
     values = dict(values)
     if "average_rgb" in values:
+        if not isinstance(values["average_rgb"], (list, tuple)):
+            raise ValueError("average_rgb must be a list of three numbers")
         values["average_rgb"] = tuple(values["average_rgb"])
-    return cls(**values)
+    config = cls(**values)
+    validate_config(kind, config)
+    return config
+
+
+# Bounds of configuration values (checkpoints are untrusted input): generous for real models, far below
+# what would make building the model exhaust memory. _MAX_HEAD_WEIGHTS bounds the largest layer, the
+# VLAD output -> reduction matrix (the published NetVLAD's whitening has 2^27 weights).
+_MAX_CLUSTERS = 1024
+_MAX_CHANNELS = 16384
+_MAX_OUTPUT_DIM = 65536
+_MAX_HEAD_WEIGHTS = 2**28
+_MAX_DEPTH_MULTIPLIER = 4.0
+_MAX_RESIZE_FACTOR = 16.0
+# Feature channels entering the VLAD layer when no projection sets them (upper bounds).
+_TRUNK_CHANNELS = {"netvlad": 512, "resnet_netvlad": 1024, "delf": 1024}
+_CHOICES = {"normalization": ("tf", "imagenet"), "intra_normalization": ("across_clusters", "per_cluster")}
+
+
+def _check_int(label: str, value: Any, low: int, high: int, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"configuration {label} must be an integer in [{low}, {high}]"
+                         f"{' or null' if optional else ''}, got {value!r}")
+
+
+def _check_float(label: str, value: Any, low: float, high: float, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not low < value <= high:
+        raise ValueError(f"configuration {label} must be a number in ({low}, {high}]"
+                         f"{' or null' if optional else ''}, got {value!r}")
+
+
+def validate_config(kind: str, config: Any) -> None:
+    """Raise ValueError unless every value of a model configuration has the right type and a sane size."""
+    values = dataclasses.asdict(config)
+    for label, value in values.items():
+        if label in _CHOICES and value not in _CHOICES[label]:
+            raise ValueError(f"configuration {label} must be one of {list(_CHOICES[label])}, got {value!r}")
+        if label in ("tf_same_padding", "keep_layers_after_endpoint", "use_attention", "normalize_feature_map",
+                     "normalize_average") and not isinstance(value, bool):
+            raise ValueError(f"configuration {label} must be true or false, got {value!r}")
+        if label == "backbone_init" and value is not None and not isinstance(value, str):
+            raise ValueError(f"configuration {label} must be a string or null, got {type(value).__name__}")
+        if label == "endpoint" and not isinstance(value, str):
+            raise ValueError(f"configuration {label} must be a string, got {type(value).__name__}")
+    if "num_clusters" in values:
+        _check_int("num_clusters", values["num_clusters"], 1, _MAX_CLUSTERS)
+    for label in ("intermediate_proj", "last_channels", "attention_channels"):
+        if label in values:
+            _check_int(label, values[label], 1, _MAX_CHANNELS, optional=True)
+    for label in ("reduction_dim", "whitening_dim"):
+        if label in values:
+            _check_int(label, values[label], 1, _MAX_OUTPUT_DIM, optional=True)
+    if "input_channels" in values and values["input_channels"] not in (1, 3):
+        raise ValueError(f"configuration input_channels must be 1 or 3, got {values['input_channels']!r}")
+    if "attention_kernel" in values:
+        _check_int("attention_kernel", values["attention_kernel"], 1, 15)
+    for label in ("bn_eps", "vlad_bn_eps"):
+        if label in values:
+            _check_float(label, values[label], 0.0, 1.0)
+    _check_float("resize_factor", values.get("resize_factor"), 0.0, _MAX_RESIZE_FACTOR, optional=True)
+    if "depth_multiplier" in values:
+        _check_float("depth_multiplier", values["depth_multiplier"], 0.0, _MAX_DEPTH_MULTIPLIER)
+    if "average_rgb" in values:
+        rgb = values["average_rgb"]
+        if len(rgb) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                                    and abs(v) <= 1e4 for v in rgb):
+            raise ValueError(f"configuration average_rgb must be three finite numbers, got {rgb!r}")
+    if kind == "mobilenetvlad":
+        from .backbones.mobilenetv2 import endpoint_index
+
+        endpoint_index(values["endpoint"])  # ValueError naming the valid endpoints
+        trunk = math.ceil(320 * values["depth_multiplier"] / 8) * 8 if values["last_channels"] is None \
+            else values["last_channels"]
+    else:
+        trunk = _TRUNK_CHANNELS.get(kind, 1024)
+    features = values.get("intermediate_proj") or max(trunk, values.get("attention_channels") or 0)
+    aggregated = values.get("num_clusters", 1) * features
+    head = aggregated * (values.get("reduction_dim") or values.get("whitening_dim") or 1)
+    if head > _MAX_HEAD_WEIGHTS:
+        raise ValueError(f"configuration gives a {aggregated}-D aggregate and a head of {head} weights "
+                         f"(at most {_MAX_HEAD_WEIGHTS}); the checkpoint is damaged or not a real model")
 
 
 def get_model_spec(name: str) -> ModelSpec:

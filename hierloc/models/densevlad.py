@@ -3,8 +3,14 @@
 After Torii et al., "24/7 place recognition by view synthesis" (CVPR 2015). The pipeline:
 
   image -> grayscale -> resize (see `DenseVLADConfig`) -> SIFT on a grid at several scales (or at
-  OpenCV's DoG keypoints) -> RootSIFT -> hard assignment to a k-means vocabulary (faiss) -> VLAD
-  residual sums -> signed square root -> intra-normalisation -> L2 -> PCA-whitening (faiss) -> L2.
+  OpenCV's DoG keypoints) -> RootSIFT -> hard assignment to a k-means vocabulary -> VLAD
+  residual sums -> signed square root -> intra-normalisation -> L2 -> PCA-whitening -> L2.
+
+Fitting is reproducible: for a given seed, the vocabulary (`kmeans_float64`: Lloyd's algorithm in
+float64, seeded initial centres, fixed-order sums) and the PCA (`pca_float64`: float64, one sign
+convention) are the same bits whatever the thread counts of the process, because their arithmetic
+runs single-threaded (torch, float64; a few seconds for the usual sizes). faiss's k-means and PCA,
+used before, changed with the thread count (OpenBLAS's threaded LAPACK eigensolver does too).
 
 Choices made for speed on small CPUs (documented in DenseVLADConfig):
 - Several scales are computed on an image pyramid with one fixed SIFT patch size instead of growing
@@ -41,6 +47,7 @@ the describer contract that indexing, evaluation and distillation use.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -231,6 +238,124 @@ def local_descriptors(image: np.ndarray, config: DenseVLADConfig) -> np.ndarray:
     return root_sift(np.concatenate(blocks))
 
 
+# --------------------------------------------------------------------------- reproducible fitting
+
+
+@contextlib.contextmanager
+def single_threaded_torch():
+    """torch (and the MKL it calls) on one thread inside the block: results independent of thread counts."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def kmeans_float64(features: np.ndarray, num_clusters: int, iterations: int = 20, seed: int = 0) -> np.ndarray:
+    """k-means centres [K, D] float32 of `features` [N, D], the same bits for a seed whatever the threads.
+
+    Lloyd's algorithm in float64 on one thread, from k-means++ initial centres drawn with numpy's
+    seeded generator; ties go to the lowest cluster index, sums run in row order, and a cluster left
+    empty takes the row farthest from its centre (lowest index among equals). Stops early when the
+    assignment no longer changes.
+    """
+    import torch
+
+    features = np.asarray(features)
+    if features.ndim != 2 or len(features) < num_clusters or num_clusters < 1:
+        raise ValueError(f"k-means needs at least {num_clusters} rows of [N, D] features, got {features.shape}")
+    if not np.isfinite(features).all():
+        raise ValueError("k-means features contain NaN or infinity")
+    rng = np.random.default_rng(seed)
+    with single_threaded_torch():
+        x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float64))
+        squared_norms = (x * x).sum(1)
+        centroids = _kmeans_plus_plus(x, num_clusters, rng)
+        labels = None
+        for _ in range(max(1, iterations)):
+            # argmin |x - c|^2 = argmax 2 x.c - |c|^2; argmax returns the first of equal maxima.
+            scores = 2.0 * (x @ centroids.T) - (centroids * centroids).sum(1)[None]
+            best, new_labels = scores.max(1)
+            if labels is not None and torch.equal(new_labels, labels):
+                break
+            labels = new_labels
+            counts = torch.bincount(labels, minlength=num_clusters)
+            sums = torch.zeros_like(centroids).index_add_(0, labels, x)
+            empty = torch.nonzero(counts == 0).flatten().tolist()
+            if empty:
+                distances = squared_norms - best
+                farthest = np.argsort(-distances.numpy(), kind="stable")[: len(empty)]
+                for cluster, row in zip(empty, farthest.tolist()):
+                    sums[cluster] = x[row]
+                    counts[cluster] = 1
+            centroids = sums / counts[:, None].to(sums.dtype)
+        return centroids.numpy().astype(np.float32)
+
+
+def _kmeans_plus_plus(x, num_clusters: int, rng: np.random.Generator):
+    """k-means++ seeding (Arthur & Vassilvitskii 2007): each new centre drawn with probability ~ distance^2."""
+    import torch
+
+    squared_norms = (x * x).sum(1)
+
+    def squared_distances(row: int):
+        return (squared_norms - 2.0 * (x @ x[row]) + squared_norms[row]).clamp_min(0.0)
+
+    chosen = [int(rng.integers(len(x)))]
+    nearest = squared_distances(chosen[0])
+    for _ in range(num_clusters - 1):
+        cumulative = torch.cumsum(nearest, 0).numpy()
+        if cumulative[-1] > 0:
+            row = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
+            row = min(row, len(x) - 1)
+        else:  # every row sits on a centre already: any row (the cluster refill handles the rest)
+            row = int(rng.integers(len(x)))
+        chosen.append(row)
+        nearest = torch.minimum(nearest, squared_distances(row))
+    return x[torch.tensor(chosen)].clone()
+
+
+def pca_float64(vectors: np.ndarray, out_dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean [D], components [out_dim, D], eigenvalues [out_dim]) of `vectors` [N, D], float64.
+
+    The same bits whatever the thread counts (single-threaded float64 arithmetic). Eigenvalues are
+    variances (covariance / N), in decreasing order; each component has unit length and its entry
+    of largest magnitude positive (the lowest index among equals). With N <= D the eigenvectors come
+    from the N x N Gram matrix.
+    """
+    import torch
+
+    vectors = np.asarray(vectors)
+    n = len(vectors)
+    if vectors.ndim != 2 or n < 2:
+        raise ValueError(f"a PCA needs at least 2 vectors [N, D], got {vectors.shape}")
+    d = vectors.shape[1]
+    if not 1 <= out_dim <= (d if n > d else n - 1):
+        raise ValueError(f"a PCA of {n} vectors of {d} dimensions cannot keep {out_dim} components")
+    with single_threaded_torch():
+        x = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float64))
+        mean = x.mean(0)
+        centred = x - mean
+        if n <= d:
+            gram = centred @ centred.T
+            values, vectors_n = torch.linalg.eigh(0.5 * (gram + gram.T))
+            values, vectors_n = values.flip(0)[:out_dim], vectors_n.flip(1)[:, :out_dim]
+            components = (centred.T @ vectors_n).T
+            components = components / components.norm(dim=1, keepdim=True).clamp_min(1e-300)
+        else:
+            covariance = centred.T @ centred
+            values, vectors_d = torch.linalg.eigh(0.5 * (covariance + covariance.T))
+            values, components = values.flip(0)[:out_dim], vectors_d.flip(1)[:, :out_dim].T.contiguous()
+        largest = components.abs().argmax(1)  # first index among equal magnitudes
+        signs = torch.sign(components[torch.arange(out_dim), largest])
+        components = components * torch.where(signs == 0, torch.ones_like(signs), signs)[:, None]
+        eigenvalues = values.clamp_min(0.0) / n
+        return mean.numpy(), components.numpy().copy(), eigenvalues.numpy().copy()
+
+
 # --------------------------------------------------------------------------- VLAD
 
 
@@ -345,14 +470,12 @@ class DenseVLAD:
         seed: int = 0,
         progress: bool = True,
     ) -> "DenseVLAD":
-        """Learn the vocabulary (faiss k-means) and the PCA-whitening from `images`.
+        """Learn the vocabulary (`kmeans_float64`) and the PCA-whitening (`pca_float64`) from `images`.
 
         `images`: a sequence of numpy images or image paths (indexable, read lazily). Up to
         `vocabulary_images` of them, spread evenly, give `descriptors_per_image` random local
         descriptors each for k-means; up to `pca_images` give the VLADs the PCA is fitted on.
         """
-        import faiss
-
         config = config or DenseVLADConfig()
         if len(images) == 0:
             raise ValueError("DenseVLAD.fit needs at least one image")
@@ -367,10 +490,8 @@ class DenseVLAD:
         k = config.num_clusters
         if len(features) < k:
             raise ValueError(f"{len(features)} local descriptors are too few for {k} clusters: give more images")
-        kmeans = faiss.Kmeans(SIFT_DIM, k, niter=kmeans_iterations, seed=seed, verbose=False,
-                              max_points_per_centroid=max(256, len(features) // k + 1))
-        kmeans.train(features)
-        model = cls(config, kmeans.centroids, info={"vocabulary_images": len(samples),
+        centroids = kmeans_float64(features, k, iterations=kmeans_iterations, seed=seed)
+        model = cls(config, centroids, info={"vocabulary_images": len(samples),
                                                    "vocabulary_descriptors": int(len(features))})
         if config.pca_dim is None:
             return model
@@ -382,9 +503,7 @@ class DenseVLAD:
         return model.with_pca(vlads)
 
     def with_pca(self, vlads: np.ndarray) -> "DenseVLAD":
-        """A copy whose PCA(-whitening) to config.pca_dim is fitted on raw VLADs [N, K * 128] (faiss)."""
-        import faiss
-
+        """A copy whose PCA(-whitening) to config.pca_dim is fitted on raw VLADs [N, K * 128] (`pca_float64`)."""
         vlads = np.ascontiguousarray(vlads, dtype=np.float32)
         n = len(vlads)
         rank = min(n - 1, vlads.shape[1])
@@ -396,12 +515,7 @@ class DenseVLAD:
         if out_dim < self.config.pca_dim:
             logger.warning("DenseVLAD: PCA to %d dimensions instead of %d: only %d fitting images",
                            out_dim, self.config.pca_dim, n)
-        pca = faiss.PCAMatrix(vlads.shape[1], out_dim, 0.0, False)
-        pca.train(vlads)
-        mean = faiss.vector_to_array(pca.mean).astype(np.float32)
-        eigenvalues = faiss.vector_to_array(pca.eigenvalues)[:out_dim].astype(np.float64)
-        components = faiss.vector_to_array(pca.PCAMat).reshape(-1, vlads.shape[1])[:out_dim]
-        matrix = components.astype(np.float64)
+        mean, matrix, eigenvalues = pca_float64(vlads, out_dim)
         if self.config.whiten:
             # Regularised whitening: the last components of a PCA fitted on few images are noise
             # that plain 1/sqrt(eigenvalue) would amplify the most.

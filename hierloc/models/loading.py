@@ -10,7 +10,7 @@ import torch
 
 from .base import GlobalDescriptorModel
 from .checkpoint import CheckpointError, is_hierloc_checkpoint, load_state_dict_strict, read_checkpoint
-from .configs import ModelSpec, config_from_dict, get_model_spec
+from .configs import ModelSpec, config_from_dict, get_model_spec, validate_config
 from .fetch import ensure_weights
 from .mobilenetvlad import MobileNetVLAD
 from .netvlad import NetVLADModel
@@ -21,13 +21,14 @@ MODEL_CLASSES = {"mobilenetvlad": MobileNetVLAD, "netvlad": NetVLADModel, "resne
 INIT_SEED = 0
 
 
-def build_model(name: str, config=None, **overrides) -> GlobalDescriptorModel:
-    """Instantiate a named model with its default (or given) configuration, seeded initial weights."""
+def build_model(name: str, config=None, *, init_seed: int = INIT_SEED, **overrides) -> GlobalDescriptorModel:
+    """Instantiate a named model with its default (or given) configuration, initial weights seeded by `init_seed`."""
     spec: ModelSpec = get_model_spec(name)
     config = dataclasses.replace(config or spec.config, **overrides)
+    validate_config(spec.kind, config)  # before anything is allocated
     # Seeded so that an untrained network (or untrained head) gives reproducible descriptors.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(INIT_SEED)
+        torch.manual_seed(init_seed)
         model = MODEL_CLASSES[spec.kind](config, name=name)
     model.eval()
     return model
@@ -89,7 +90,11 @@ def load_model(
             if kind != spec.kind:
                 raise CheckpointError(f"{path}: a {kind} checkpoint ({payload.get('model_name')}), "
                                       f"not one for {name} ({spec.kind})")
-            model = build_model(name, config_from_dict(kind, payload["config"]))
+            try:
+                config = config_from_dict(kind, payload["config"])
+            except (TypeError, ValueError) as exc:  # a damaged or hostile configuration: say which file
+                raise CheckpointError(f"{path}: {exc}") from None
+            model = build_model(name, config)
             load_state_dict_strict(model, payload["state_dict"], str(path))
         else:
             model = build_model(name)

@@ -39,13 +39,36 @@ class MobileNetVLAD(GlobalDescriptorModel):
         # Stored as buffers (not in checkpoints) so that .to(device) and dtype casts follow the model.
         self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0, persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1) * 255.0, persistent=False)
+        self.stem_takes_gray = False  # set by `fold_grayscale_stem` on a deployment copy
+
+    def can_fold_grayscale_stem(self) -> bool:
+        """Whether the stem can take the grayscale image itself: 1 input channel tiled to 3 with one
+        normalisation for all three (the 'tf' one), so tiling and summing the stem's weights agree."""
+        return self.input_channels == 1 and self.config.normalization == "tf" and not self.stem_takes_gray
+
+    @torch.no_grad()
+    def fold_grayscale_stem(self) -> MobileNetVLAD:
+        """Make the stem convolution take the 1-channel image (its weights summed over RGB), in place.
+
+        conv(tile(x)) = conv'(x) with w'[o, 0] = sum_c w[o, c], padding included (zeros in both), so
+        descriptors stay the same up to float rounding while the stem reads a third of the input and
+        the tiled copy is never made. For deployment copies (exports, runtimes): training keeps RGB weights.
+        """
+        if not self.can_fold_grayscale_stem():
+            raise ValueError(f"{self.name}: the stem takes a tiled grayscale image only with input_channels=1 "
+                             "and normalization='tf'")
+        stem = self.backbone.features[0][0]
+        stem.weight = nn.Parameter(stem.weight.sum(dim=1, keepdim=True))
+        stem.in_channels = 1
+        self.stem_takes_gray = True
+        return self
 
     def normalize_input(self, images: torch.Tensor) -> torch.Tensor:
         """Normalise pixel values as `config.normalization` says, with grayscale tiled to 3 channels."""
         if self.config.normalization == "tf":
             # The original: (x - 128) / 128 on grayscale, then tiled to the 3 input channels.
             images = (images - 128.0) / 128.0
-            return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+            return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 and not self.stem_takes_gray else images
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
         return (images - self.pixel_mean) / self.pixel_std

@@ -30,7 +30,7 @@ from ..index.retriever import Retrieval, Retriever
 
 logger = logging.getLogger(__name__)
 
-SEARCH_KINDS = ("auto", "flat", "hnsw", "ivfpq")
+SEARCH_KINDS = ("auto", "flat", "hnsw", "ivfpq", "ivfpq-mmap")
 FORMAT_NAMES = {"auto": "auto", "proto": "protobuf", "protobuf": "protobuf", "pb": "protobuf", "native": "native",
                 "h5": "native"}
 

@@ -42,9 +42,11 @@ def build_map(config: MapJobConfig) -> MapJobResult:
     from ..features import make_extractor, make_matcher
     from ..localization import MatchCache, build_scene_map, write_build_outputs
     from ..localization.build import import_colmap_model
+    from ..localization.scene_map import check_map_target
     from ..utils.threads import configure_threads
 
     configure_threads(config.threads)
+    check_map_target(config.out)  # before the slow part: the build replaces the whole --out folder
     start = time.perf_counter()
     build = config.build
     if config.colmap_features:

@@ -14,8 +14,10 @@ The configuration follows the original's (hfnet's `augmentation.photometric`, pi
           motion_blur: {kernel_size: [13, 21], prob: 0.1}
       crop: {enable: true, scale: [0.7, 1.0], ratio: [0.9, 1.1]}
 
-It runs on whole batches on the training device after loading (on the GPU where there is one), and
-draws from torch's random generator, which training checkpoints save and restore.
+It runs on whole batches on the training device after loading (on the GPU where there is one). kornia
+draws from torch's global generator; given a `seed`, the batch is augmented under a forked and
+seeded global generator (`hierloc.training.randomness`), which is how training keeps augmentation
+on its own checkpointed stream.
 """
 
 from __future__ import annotations
@@ -95,8 +97,20 @@ class BatchAugmentation(nn.Module):
         self.photometric = nn.ModuleList(photometric)
         self.crop = crop
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Scale to [0, 1], crop, apply the photometric operations (clamped) and scale back to 0..255."""
+    def forward(self, images: torch.Tensor, seed: int | None = None) -> torch.Tensor:
+        """Scale to [0, 1], crop, apply the photometric operations (clamped) and scale back to 0..255.
+
+        `seed`: draw from torch's global generators seeded with it, leaving their states unchanged;
+        None: draw from them as they are.
+        """
+        if seed is not None:
+            from .randomness import seeded_global_rng
+
+            with seeded_global_rng(seed, images.device):
+                return self._augment(images)
+        return self._augment(images)
+
+    def _augment(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float() / 255.0
         if self.crop is not None:
             x = self.crop(x)

@@ -1,4 +1,7 @@
-"""Training checkpoints: model, optimizer, scaler, iteration and random states, written atomically.
+"""Training checkpoints: model, optimizer, scaler, iteration, sampler position and random states, atomic.
+
+The random states are the global generators' (`rng_state`) and the training's own streams
+(`hierloc.training.randomness.TrainingStreams`), per process in a distributed run.
 
 Files are `EXPERIMENT/checkpoints/ckpt-00001000.pt`; only the newest `keep` are kept. They load with
 `torch.load(weights_only=True)`: everything in them is tensors and plain Python values.
@@ -80,22 +83,27 @@ def save_training_checkpoint(
     keep: int | None = None,
     extra: dict | None = None,
     rng_per_rank: list[dict] | None = None,
+    streams: dict | None = None,
+    sampler_position: int | None = None,
 ) -> Path:
     """Write the checkpoint of `iteration` atomically, then delete all but the newest `keep`.
 
-    `rng_per_rank`: the random states of every process of a distributed run (index = rank).
+    `rng_per_rank`: the random states of every process of a distributed run (index = rank), each
+    with its "streams"; `streams`: this process's `TrainingStreams.state_dict()`;
+    `sampler_position`: samples the training sampler has handed out (per process).
     """
     payload = {
         "format": TRAINING_CHECKPOINT_FORMAT,
-        "version": 1,
+        "version": 2,
         "iteration": int(iteration),
+        "sampler_position": None if sampler_position is None else int(sampler_position),
         "model_name": model.name,
         "model_kind": model.kind,
         "model_config": config_to_dict(model.config),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else {},
-        "rng": rng_state(),
+        "rng": {**rng_state(), "streams": streams or {}},
         "rng_per_rank": rng_per_rank or [],
         "config": config,
         "extra": extra or {},

@@ -293,3 +293,6 @@ def ignore_sigint_in_worker(_worker_id: int) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from ..utils.processes import exit_with_parent
+
+    exit_with_parent()  # a worker never outlives the trainer (kill -9 included)

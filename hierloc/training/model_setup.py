@@ -35,12 +35,12 @@ def _apply_auto(overrides: dict, target_dim: int | None, model_name: str) -> dic
 
 
 def build_training_model(model_section: dict, weights: str | None = None,
-                         target_dim: int | None = None) -> GlobalDescriptorModel:
+                         target_dim: int | None = None, init_seed: int = 0) -> GlobalDescriptorModel:
     """The named model with the config's architecture overrides and its initial weights.
 
     `weights`: a hierloc checkpoint (whole model; its stored architecture must agree with the
-    overrides) or another file the model accepts (e.g. a torchvision trunk); None: seeded
-    initialisation plus the configured `backbone_init` trunk.
+    overrides) or another file the model accepts (e.g. a torchvision trunk); None: initialisation
+    seeded with `init_seed` (the run's seed) plus the configured `backbone_init` trunk.
     """
     name = model_section["name"]
     spec = get_model_spec(name)
@@ -63,7 +63,7 @@ def build_training_model(model_section: dict, weights: str | None = None,
             load_state_dict_strict(model, payload["state_dict"], str(path))
             logger.info("initial weights: %s", path)
             return model
-    model = build_model(name, dataclasses.replace(spec.config, **overrides))
+    model = build_model(name, dataclasses.replace(spec.config, **overrides), init_seed=int(init_seed))
     _init_backbone(model)
     if weights:
         _load_weights_file(model, path)

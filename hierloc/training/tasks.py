@@ -22,6 +22,12 @@ def _image_size(preprocessing: dict) -> tuple[int, int] | None:
     return (int(resize[0]), int(resize[1])) if resize else None
 
 
+def _augmented(augmentation, images: torch.Tensor, augment: bool, seed: int | None) -> torch.Tensor:
+    if augment and augmentation is not None:
+        return augmentation(images, seed=seed)
+    return images.float()
+
+
 class DistillationTask:
     """Student descriptors regress the teacher's: loss and validation error 0.5 * |s - t|^2."""
 
@@ -44,10 +50,11 @@ class DistillationTask:
         count = min(count, len(self.train_dataset))
         return [self.train_dataset[i]["image"][None].float() for i in range(count)]
 
-    def loss(self, model, batch: dict, device: torch.device, augment: bool) -> tuple[torch.Tensor, dict]:
-        """(loss, metrics) of one batch."""
+    def loss(self, model, batch: dict, device: torch.device, augment: bool,
+             augmentation_seed: int | None = None) -> tuple[torch.Tensor, dict]:
+        """(loss, metrics) of one batch; `augmentation_seed` see `BatchAugmentation.forward`."""
         images = batch["image"].to(device, non_blocking=True)
-        images = self.augmentation(images) if augment and self.augmentation is not None else images.float()
+        images = _augmented(self.augmentation, images, augment, augmentation_seed)
         student = model(images)
         loss = distillation_loss(student, batch["descriptor"].to(device, non_blocking=True))
         return loss, {"loss": loss.detach()}
@@ -87,15 +94,16 @@ class TripletTask:
         count = min(count, len(self.train_dataset))
         return [self.train_dataset[i]["image"][None].float() for i in range(count)]
 
-    def _descriptors(self, model, batch: dict, device: torch.device, augment: bool):
+    def _descriptors(self, model, batch: dict, device: torch.device, augment: bool,
+                     augmentation_seed: int | None = None):
         # One forward pass over the three images: the towers share weights, and DDP needs a single pass.
         images = torch.cat([batch["image"], batch["p"], batch["n"]]).to(device, non_blocking=True)
-        images = self.augmentation(images) if augment and self.augmentation is not None else images.float()
-        return model(images).chunk(3)
+        return model(_augmented(self.augmentation, images, augment, augmentation_seed)).chunk(3)
 
-    def loss(self, model, batch: dict, device: torch.device, augment: bool) -> tuple[torch.Tensor, dict]:
-        """(loss, metrics) of one batch."""
-        a, p, n = self._descriptors(model, batch, device, augment)
+    def loss(self, model, batch: dict, device: torch.device, augment: bool,
+             augmentation_seed: int | None = None) -> tuple[torch.Tensor, dict]:
+        """(loss, metrics) of one batch; `augmentation_seed` see `BatchAugmentation.forward`."""
+        a, p, n = self._descriptors(model, batch, device, augment, augmentation_seed)
         loss, dp, dn = triplet_loss(a, p, n, self.margin, self.squared, self.loss_in)
         return loss, {"loss": loss.detach(), "distance_p": dp.detach(), "distance_n": dn.detach()}
 

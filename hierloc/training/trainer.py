@@ -5,10 +5,14 @@ experiment folder receives `config.yaml` (the configuration used), `log.txt`, Te
 (`training/loss`, `training/learning_rate`, `validation/<metric>`), `checkpoints/ckpt-N.pt` (every
 `save_interval` iterations, at the end and on interruption; the newest `keep_checkpoints` kept),
 `model.pt` (a hierloc checkpoint of the final network: `--weights` / `--model` accept it) and
-`training_summary.json`. Ctrl+C or SIGTERM finishes the current iteration, saves and returns;
-`resume=True` continues from the newest checkpoint with its iteration, optimizer, scaler and random
-states, and the same data order. Under `torchrun` (WORLD_SIZE > 1) it trains with
-DistributedDataParallel; on CUDA, `amp` enables float16 autocast with a gradient scaler.
+`training_summary.json` (with the validation curve and the logged training losses). Ctrl+C or
+SIGTERM finishes the current iteration, saves (without validating) and returns; `resume=True`
+continues from the newest checkpoint with its iteration, optimizer, scaler, sampler position,
+running loss sums and random streams (`hierloc.training.randomness`), so that a run stopped by
+a signal, or killed and resumed from its last periodic checkpoint, ends bit for bit where the
+uninterrupted run ends (on the CPU; CUDA kernels may themselves be non-deterministic). Under
+`torchrun` (WORLD_SIZE > 1) it trains with DistributedDataParallel; on CUDA, `amp` enables float16
+autocast with a gradient scaler.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from .model_setup import (
     initialize_vlad_from_images,
     set_train_mode,
 )
+from .randomness import TrainingStreams, seeded_global_rng
 from .tasks import make_task
 
 logger = logging.getLogger("hierloc.training")
@@ -177,7 +182,7 @@ def _build_or_restore_model(config: dict, task, payload: dict | None):
         load_state_dict_strict(model, payload["state_dict"], "training checkpoint")
         return model
     model_section = config["model"]
-    model = build_training_model(model_section, config.get("weights"), task.target_dim)
+    model = build_training_model(model_section, config.get("weights"), task.target_dim, init_seed=int(config["seed"]))
     if model_section.get("vlad_init") == "kmeans" and not config.get("weights"):
         initialize_vlad_from_images(model, task.sample_images(int(model_section["vlad_init_images"])),
                                     seed=int(config["seed"]))
@@ -187,8 +192,15 @@ def _build_or_restore_model(config: dict, task, payload: dict | None):
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, task, loader: DataLoader, device: torch.device, use_amp: bool) -> dict[str, float]:
-    """Validation metrics averaged over the validation set (weighted by batch size)."""
+def evaluate(model: torch.nn.Module, task, loader: DataLoader, device: torch.device, use_amp: bool,
+             seed: int | None = None) -> dict[str, float]:
+    """Validation metrics averaged over the validation set (weighted by batch size).
+
+    `seed`: run under a forked global generator seeded with it (training's streams stay untouched).
+    """
+    if seed is not None:
+        with seeded_global_rng(seed, device):
+            return evaluate(model, task, loader, device, use_amp)
     was_training = model.training
     model.eval()
     totals: dict[str, float] = {}
@@ -246,29 +258,37 @@ def _train(config, experiment, data_root, payload, checkpoint_file, distributed,
                                                      model_section["learning_rate_step"]),
                                  weight_decay=float(model_section.get("weight_decay") or 0.0))
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    streams = TrainingStreams(seed, distributed.rank)
     start = 0
+    train_iter = int(config["train_iter"])
+    batch_size = int(model_section["batch_size"])
+    sampler_position = 0
     if payload is not None:
         optimizer.load_state_dict(payload["optimizer"])
         if scaler is not None and payload.get("scaler"):
             scaler.load_state_dict(payload["scaler"])
         per_rank = payload.get("rng_per_rank") or []
-        set_rng_state(per_rank[distributed.rank] if len(per_rank) == distributed.world_size else payload["rng"])
+        state = per_rank[distributed.rank] if len(per_rank) == distributed.world_size else payload["rng"]
+        set_rng_state(state)
         start = int(payload["iteration"])
+        if state.get("streams"):
+            streams.load_state_dict(state["streams"])
+        else:  # a version 1 checkpoint: its augmentation drew from the global generator
+            logger.warning("%s predates the checkpointed random streams: the resumed run will not repeat the "
+                           "augmentation the uninterrupted run would have drawn", checkpoint_file)
+        stored_position = payload.get("sampler_position")
+        sampler_position = int(stored_position) if stored_position is not None else start * batch_size
         logger.info("resuming %s from iteration %d (%s)", experiment, start, checkpoint_file.name)
-    train_iter = int(config["train_iter"])
-    batch_size = int(model_section["batch_size"])
     workers = int(config["data"].get("num_workers", 0))
-    sampler = InfiniteShuffledSampler(len(task.train_dataset), seed=seed, start=start * batch_size,
+    sampler = InfiniteShuffledSampler(len(task.train_dataset), seed=seed, start=sampler_position,
                                       rank=distributed.rank, world_size=distributed.world_size)
     loader = DataLoader(task.train_dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                         collate_fn=collate, pin_memory=device.type == "cuda", drop_last=True,
                         worker_init_fn=ignore_sigint_in_worker if workers else None,
                         persistent_workers=False, prefetch_factor=2 if workers else None,
-                        # Its own generator: creating the iterator must not draw from the global RNG,
-                        # whose restored state a resumed run relies on.
-                        generator=torch.Generator().manual_seed(seed))
-    validation_loader = DataLoader(task.validation_dataset, batch_size=int(model_section["eval_batch_size"]),
-                                   shuffle=False, num_workers=0, collate_fn=collate)
+                        # Its own generator (worker base seeds): creating the iterator must not draw
+                        # from the global generator, whose restored state a resumed run relies on.
+                        generator=streams.worker_generator(sampler_position))
     net = model
     if distributed.enabled:
         from torch.nn.parallel import DistributedDataParallel
@@ -283,8 +303,13 @@ def _train(config, experiment, data_root, payload, checkpoint_file, distributed,
     logger.info("training %s on %s: %d of %d parameters trainable, batch %d, %d iterations%s", model.name, device,
                 trainable, total, batch_size, train_iter,
                 f", {distributed.world_size} processes" if distributed.enabled else "")
-    # Validation results so far travel in the checkpoints, so a resumed run reports the whole curve.
-    history = list((payload or {}).get("extra", {}).get("validation", []))
+    # Validation results and logged losses so far travel in the checkpoints, so a resumed run reports
+    # whole curves; so do the loss sums of the current log interval.
+    extra = (payload or {}).get("extra", {})
+    history = list(extra.get("validation", []))
+    training_log = list(extra.get("training_log", []))
+    running: dict[str, float] = {k: float(v) for k, v in (extra.get("running") or {}).items()}
+    running_count = int(extra.get("running_count") or 0)
     regularizer = float(model_section.get("proj_regularizer") or 0.0)
     interval = {k: int(config[k]) if config.get(k) else 0
                 for k in ("validation_interval", "save_interval", "log_interval")}
@@ -293,7 +318,13 @@ def _train(config, experiment, data_root, payload, checkpoint_file, distributed,
 
     def validate(iteration: int) -> dict:
         last_validated[0] = iteration
-        metrics = evaluate(model, task, validation_loader, device, use_amp) if distributed.is_main else {}
+        metrics = {}
+        if distributed.is_main:
+            validation_loader = DataLoader(task.validation_dataset, batch_size=int(model_section["eval_batch_size"]),
+                                           shuffle=False, num_workers=0, collate_fn=collate,
+                                           generator=streams.validation_generator(iteration))
+            metrics = evaluate(model, task, validation_loader, device, use_amp,
+                               seed=streams.validation_seed(iteration))
         if distributed.is_main:
             for key, value in metrics.items():
                 writer.add_scalar(f"validation/{key}", value, iteration)
@@ -309,12 +340,15 @@ def _train(config, experiment, data_root, payload, checkpoint_file, distributed,
         per_rank = None
         if distributed.enabled:  # every process's random state, so that each resumes its own stream
             per_rank = [None] * distributed.world_size
-            torch.distributed.all_gather_object(per_rank, rng_state())
+            torch.distributed.all_gather_object(per_rank, {**rng_state(), "streams": streams.state_dict()})
         if not distributed.is_main:
             return None
         path = save_training_checkpoint(experiment, iteration, model, optimizer, scaler, config,
                                         keep=int(config.get("keep_checkpoints") or 0) or None,
-                                        extra={"validation": history}, rng_per_rank=per_rank)
+                                        extra={"validation": history, "training_log": training_log,
+                                               "running": dict(running), "running_count": running_count},
+                                        rng_per_rank=per_rank, streams=streams.state_dict(),
+                                        sampler_position=sampler_position + (iteration - start) * batch_size)
         logger.info("checkpoint %s written", path)
         return path
 
@@ -322,8 +356,6 @@ def _train(config, experiment, data_root, payload, checkpoint_file, distributed,
         validate(0)
     iteration = start
     step_times: list[float] = []
-    running: dict[str, float] = {}
-    running_count = 0
     stopped_by = ""
     last_saved = start if payload is not None else -1
     bar = tqdm(total=train_iter, initial=start, desc="training", unit="it",
@@ -338,8 +370,9 @@ def _train(config, experiment, data_root, payload, checkpoint_file, distributed,
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 set_train_mode(model, frozen)
+                augmentation_seed = streams.next_augmentation_seed()
                 with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                    loss, metrics = task.loss(net, batch, device, augment=True)
+                    loss, metrics = task.loss(net, batch, device, augment=True, augmentation_seed=augmentation_seed)
                 if regularizer:
                     loss = loss + 0.5 * regularizer * sum(w.float().pow(2).sum() for w in _reduction_weights(model))
                 if not torch.isfinite(loss):
@@ -359,11 +392,14 @@ def _train(config, experiment, data_root, payload, checkpoint_file, distributed,
                     running[key] = running.get(key, 0.0) + float(value)
                 running_count += 1
                 bar.update(1)
-                if interval["log_interval"] and iteration % interval["log_interval"] == 0 and distributed.is_main:
-                    for key, value in running.items():
-                        writer.add_scalar(f"training/{key}", value / running_count, iteration)
-                    writer.add_scalar("training/learning_rate", lr, iteration)
-                    bar.set_postfix(loss=f"{running['loss'] / running_count:.4f}")
+                if interval["log_interval"] and iteration % interval["log_interval"] == 0:
+                    means = {key: value / running_count for key, value in running.items()}
+                    training_log.append({"iteration": iteration, **means, "learning_rate": lr})
+                    if distributed.is_main:
+                        for key, value in means.items():
+                            writer.add_scalar(f"training/{key}", value, iteration)
+                        writer.add_scalar("training/learning_rate", lr, iteration)
+                        bar.set_postfix(loss=f"{means['loss']:.4f}")
                     running, running_count = {}, 0
                 if interval["validation_interval"] and iteration % interval["validation_interval"] == 0:
                     validate(iteration)
@@ -380,7 +416,8 @@ def _train(config, experiment, data_root, payload, checkpoint_file, distributed,
                     break
     finally:
         bar.close()
-    if interval["validation_interval"] and last_validated[0] != iteration:
+    # The stop path only saves: validating would delay the stop and add a point the uninterrupted run lacks.
+    if interval["validation_interval"] and last_validated[0] != iteration and not stopped_by:
         validate(iteration)
     if last_saved != iteration:
         save(iteration)
@@ -388,7 +425,7 @@ def _train(config, experiment, data_root, payload, checkpoint_file, distributed,
               "train_iter": train_iter,
               "started_at": start, "stopped_by": stopped_by or None, "device": str(device),
               "seconds_per_iteration": float(np.median(step_times)) if step_times else None,
-              "validation": history}
+              "validation": history, "training_log": training_log}
     if distributed.is_main:
         final_path = save_checkpoint(model.cpu(), experiment / "model.pt", provenance={
             "experiment": str(experiment), "iteration": iteration,

@@ -10,24 +10,71 @@ import cv2
 import numpy as np
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".bmp", ".tif", ".tiff", ".webp")
+# Most pixels an image file may declare: 2^28 (16384x16384) is 768 MiB as RGB, more than any camera gives;
+# a few hundred bytes of PNG can declare 30000x30000. PNG and JPEG headers are checked before decoding; for other
+# formats OpenCV applies its own limit, lowered to the same value where this module is imported first.
+MAX_IMAGE_PIXELS = 1 << 28
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
 
 
 class ImageReadError(RuntimeError):
     """An image file is missing, unreadable, truncated or not an image."""
 
 
-def read_image(path: str | os.PathLike, grayscale: bool = False) -> np.ndarray:
-    """Read an image as HxW (grayscale) or HxWx3 RGB, keeping its bit depth (uint8/uint16/float)."""
+def read_image(path: str | os.PathLike, grayscale: bool = False, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Read an image as HxW (grayscale) or HxWx3 RGB, keeping its bit depth (uint8/uint16/float).
+
+    A PNG or JPEG declaring more than `max_pixels` pixels is refused before decoding (ImageTooLargeError);
+    every failure is an ImageReadError naming the file.
+    """
+    from .encoded_images import check_image_header, sniff_format
+
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"{path}: no such image file")
     data = np.fromfile(str(path), dtype=np.uint8)
     if data.size == 0:
         raise ImageReadError(f"{path}: the file is empty")
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if sniff_format(data[:8].tobytes()) is not None:
+        try:
+            check_image_header(data.tobytes(), max_pixels)
+        except ImageReadError as error:
+            raise type(error)(f"{path}: {error}") from None
+    else:
+        _check_other_header(path, data, max_pixels)
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error as error:  # OpenCV's own limits and decoder failures raise instead of returning None
+        reason = next((line for line in str(error).splitlines() if "error:" in line), str(error)).strip()
+        raise ImageReadError(f"{path}: not a readable image ({reason[-200:]})") from None
     if image is None or image.size == 0:
         raise ImageReadError(f"{path}: not a readable image (corrupt, truncated or unknown format)")
     return from_opencv(image, grayscale)
+
+
+def _check_other_header(path: Path, data: np.ndarray, max_pixels: int) -> None:
+    """The declared size of a BMP, TIFF, WebP, PNM... image, read by Pillow's header parser when it is installed."""
+    from .encoded_images import ImageTooLargeError
+
+    try:
+        from PIL import Image
+    except ImportError:  # OpenCV's own limit (OPENCV_IO_MAX_IMAGE_PIXELS) still applies
+        return
+    import io
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data.tobytes())) as image:  # reads the header only
+                width, height = image.size
+    except Image.DecompressionBombError:
+        bomb = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        raise ImageTooLargeError(f"{path}: declares over {bomb} pixels (a decompression bomb)") from None
+    except Exception:  # noqa: BLE001 - a header Pillow cannot parse: OpenCV decides and words the error
+        return
+    if width * height > max_pixels:
+        raise ImageTooLargeError(f"{path}: {width}x{height} pixels exceeds the limit of {max_pixels} pixels")
 
 
 def from_opencv(image: np.ndarray, grayscale: bool = False) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Maps from COLMAP reconstructions (binary or text models) read with pycolmap."""
+"""Maps from COLMAP reconstructions (binary or text models): validated record by record, then read with pycolmap."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from hierloc.maps.poses import invert_pose, timestamp_from_name
+from hierloc.maps.poses import invert_pose, make_pose, qvec_to_rotmat, timestamp_from_name
+from hierloc.maps.readers.colmap_binary import load_colmap_reconstruction
 from hierloc.maps.readers.folder import natural_key
 from hierloc.maps.types import Camera, Keyframe, Map, Mission
 
@@ -35,9 +36,9 @@ def _cam_from_world_matrix(image) -> np.ndarray:
     cam_from_world = image.cam_from_world
     if callable(cam_from_world):  # a method since pycolmap 3.12, a property before
         cam_from_world = cam_from_world()
-    T = np.eye(4)
-    T[:3, :] = np.asarray(cam_from_world.matrix(), dtype=np.float64)
-    return T
+    # From the quaternion, normalised: pycolmap turns a slightly non-unit stored quaternion into a scaled matrix.
+    x, y, z, w = np.asarray(cam_from_world.rotation.quat, dtype=np.float64)
+    return make_pose(qvec_to_rotmat([w, x, y, z]), np.asarray(cam_from_world.translation, dtype=np.float64))
 
 
 def read_colmap_model(
@@ -53,19 +54,16 @@ def read_colmap_model(
     mission `seq1`; names without a folder go to a mission named after the map) unless
     `group_by_folder` is False (one mission). `image_dir` is the folder the image names are
     relative to; if omitted, an `images/` folder beside or above the model is used when found.
-    Unregistered images are kept without a pose.
+    Unregistered images are kept without a pose. The model is validated before pycolmap reads it
+    (`hierloc.maps.readers.colmap_binary`): damaged files, non-finite poses and image names outside the image
+    folder are one ValueError naming the file.
     """
-    import pycolmap
-
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise FileNotFoundError(f"{model_dir}: no such COLMAP model folder")
     if not is_colmap_model(model_dir):
         raise FileNotFoundError(f"{model_dir}: not a COLMAP model (expected cameras.bin/.txt and images.bin/.txt)")
-    try:
-        reconstruction = pycolmap.Reconstruction(str(model_dir))
-    except Exception as error:  # pycolmap raises plain RuntimeError/ValueError with terse messages
-        raise ValueError(f"{model_dir}: cannot read the COLMAP model: {error}") from error
+    reconstruction = load_colmap_reconstruction(model_dir)
 
     images = sorted(reconstruction.images.values(), key=lambda im: natural_key(im.name))
     if not images:

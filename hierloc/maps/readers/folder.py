@@ -223,7 +223,7 @@ def _pose_files_by_mission(root: Path, sources: list[_MissionSource], pose_file:
         names = {s.name for s in sources}
         unknown = [m for m in pose_file if m not in names]
         if unknown:
-            raise KeyError(f"pose files given for unknown missions {unknown}; missions in {root}: {sorted(names)}")
+            raise ValueError(f"pose files given for unknown missions {unknown}; missions in {root}: {sorted(names)}")
         files = {m: Path(p) for m, p in pose_file.items()}
     else:
         path = Path(pose_file)

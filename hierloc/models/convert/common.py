@@ -68,7 +68,10 @@ class StateBuilder:
         if tuple(value.shape) != expected:
             raise ConversionError(f"{self.source}: {source_name or key} has shape {tuple(value.shape)} after "
                                   f"conversion, the model's {key} needs {expected}")
-        self.target[key] = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)).to(self.target[key].dtype)
+        array = np.ascontiguousarray(value, dtype=np.float32)
+        if not np.isfinite(array).all():
+            raise ConversionError(f"{self.source}: {source_name or key} contains NaN or infinity")
+        self.target[key] = torch.from_numpy(array).to(self.target[key].dtype)
         self._set.add(key)
         if source_name is not None:
             self.used[source_name] = key

@@ -24,6 +24,7 @@ import torch
 
 from ...utils.io import atomic_path
 from ..backbones.mobilenetv2 import INVERTED_RESIDUAL_SETTING, NUM_ENDPOINTS, MobileNetV2, make_divisible
+from ..checkpoint import CHECKSUM_KEY, checksummed_tensors, tensors_sha256
 from .common import (
     ConversionError,
     StateBuilder,
@@ -183,6 +184,7 @@ def convert_slim_mobilenetv2(
     )
     payload: dict[str, Any] = {k: v.clone() for k, v in state.items()}
     payload["provenance"] = provenance
+    payload[CHECKSUM_KEY] = tensors_sha256(checksummed_tensors(payload))  # verified by read_checkpoint
     output = Path(output)
     with atomic_path(output) as tmp:
         torch.save(payload, tmp)

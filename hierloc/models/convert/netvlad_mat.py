@@ -29,13 +29,20 @@ def _field(layer: Any, name: str, default: Any = None) -> Any:
     return getattr(layer, name, default)
 
 
+def _label(value: Any) -> str:
+    """A layer's type or name as one short line (a damaged file can hold any array there)."""
+    return " ".join(str(value).split())[:80]
+
+
 def _weights(layer: Any) -> list[np.ndarray]:
     weights = _field(layer, "weights")
     if weights is None:
         return []
-    if isinstance(weights, np.ndarray) and weights.dtype == object:
-        return [np.asarray(w, dtype=np.float32) for w in weights.reshape(-1)]
-    return [np.asarray(weights, dtype=np.float32)]
+    # Values beyond float32 become infinity, which the state builder refuses with the layer's name.
+    with np.errstate(over="ignore"):
+        if isinstance(weights, np.ndarray) and weights.dtype == object:
+            return [np.asarray(w, dtype=np.float32) for w in weights.reshape(-1)]
+        return [np.asarray(weights, dtype=np.float32)]
 
 
 def load_mat_net(path: str | os.PathLike) -> Any:
@@ -51,6 +58,11 @@ def load_mat_net(path: str | os.PathLike) -> Any:
         raise ConversionError(f"{path}: a MATLAB v7.3 (HDF5) file; save it with -v7 ({exc})") from None
     except (ValueError, TypeError, OSError) as exc:
         raise ConversionError(f"{path}: not a readable MATLAB file ({exc})") from None
+    except MemoryError:
+        raise ConversionError(f"{path}: declares arrays larger than the memory available (damaged?)") from None
+    except Exception as exc:  # scipy raises many types (MatReadError, IndexError, zlib.error...) for damaged files
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+        raise ConversionError(f"{path}: not a readable MATLAB file ({type(exc).__name__}: {first[:200]})") from None
     if "net" not in mat:
         raise ConversionError(f"{path}: no variable 'net' (found {sorted(k for k in mat if not k.startswith('__'))})")
     net = mat["net"]
@@ -67,12 +79,22 @@ def convert_netvlad_mat(source: str | os.PathLike, output: str | os.PathLike, na
     """Convert a MatConvNet NetVLAD struct `.mat` into a hierloc `netvlad` checkpoint; returns the provenance."""
     source = Path(source)
     net = load_mat_net(source)
+    try:
+        return _convert_net(source, net, output, name)
+    except ConversionError:
+        raise
+    except (AttributeError, TypeError, ValueError, IndexError, KeyError) as exc:
+        # Fields of the wrong type or shape in a damaged or foreign file.
+        raise ConversionError(f"{source}: not the expected NetVLAD structure ({type(exc).__name__}: {exc})") from None
+
+
+def _convert_net(source: Path, net: Any, output: str | os.PathLike, name: str) -> dict[str, Any]:
     convs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     vlad = whitening = None
     layer_log: list[str] = []
     conv_order = iter(VGG16_CONV_NAMES)
     for i, layer in enumerate(np.atleast_1d(net.layers)):
-        kind, lname = str(layer.type), str(_field(layer, "name", f"layer{i}"))
+        kind, lname = _label(layer.type), _label(_field(layer, "name", f"layer{i}"))
         where = f"{source}: layer {i + 1} ({lname}, {kind})"
         weights = _weights(layer)
         if kind == "conv" and lname == "WPCA":
