@@ -161,7 +161,7 @@ def _dataset_seed(layout: str) -> Callable[[Path], list[str]]:
             truth = np.empty((2, 2), dtype=object)
             truth[0] = [0, np.array([0, 1])]
             truth[1] = [1, np.array([1])]
-            np.save(folder / "ground_truth_new.npy", truth, allow_pickle=True)
+            np.save(folder / "ground_truth_new.npy", truth)  # object arrays are pickled by default
             return ["ground_truth_new.npy", "descriptors.h5"]
         np.save(folder / "ground_truth.npy", np.array([[0, 1], [1, 2]]))
         return ["ground_truth.npy", "descriptors.h5"]
@@ -588,7 +588,7 @@ CHECKPOINT_MUTATORS: tuple[Mutator, ...] = (
 
 def _npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=True)
+    np.save(buffer, array)  # object dtype: written as a pickle (np.save's default)
     return buffer.getvalue()
 
 

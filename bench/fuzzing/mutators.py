@@ -112,11 +112,11 @@ def pickle_payload(data: bytes, rng: random.Random) -> bytes:
 
 
 def npy_pickle_payload(data: bytes, rng: random.Random) -> bytes:
-    """Replace the file by an object-dtype .npy holding the canary pickle (np.load(allow_pickle=True) runs it)."""
+    """Replace the file by an object-dtype .npy holding the canary pickle (numpy's unpickling loader would run it)."""
     array = np.empty(2, dtype=object)
     array[0], array[1] = _Canary(), np.arange(3)
     buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=True)
+    np.save(buffer, array)  # object dtype: written as a pickle (np.save's default)
     return buffer.getvalue()
 
 

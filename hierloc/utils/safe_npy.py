@@ -1,6 +1,6 @@
 """Read `.npy` files without running what they contain.
 
-`np.load(allow_pickle=True)` unpickles object arrays, and a pickle can call any function: a hostile
+numpy's loader, when told to allow pickles, unpickles object arrays, and a pickle can call any function: a hostile
 ground-truth file would run a shell command. Real files in the field (VPR-Bench's
 `ground_truth_new.npy`) are object arrays of numbers and integer arrays, so `load_npy` unpickles
 object arrays with an unpickler that knows only numpy arrays, dtypes and scalars (plus the lists,
