@@ -24,6 +24,7 @@ from hierloc.extraction.h5_features import read_global_descriptors
 from hierloc.features.h5io import FeatureFileError, read_features, write_features
 from hierloc.features.types import LocalFeatures
 from hierloc.index import PCA, DescriptorIndex, IndexFormatError, load_index, read_native_catalog, save_index
+from hierloc.index.native_format import edit_native_index, read_text_dataset, strings_sha256, write_text_dataset
 from hierloc.index.proto_format import DescriptorIndexMessage, decode_proto_index
 from hierloc.index.stored_search import (
     StoredSearchInfo,
@@ -64,10 +65,10 @@ def _saved_with_hnsw(path: Path, index: DescriptorIndex | None = None, pca_dims:
 
 
 def _edit_metadata(path: Path, edit) -> None:
-    with h5py.File(path, "a") as f:
-        metadata = json.loads(f.attrs["metadata_json"])
+    with edit_native_index(path) as f:
+        metadata = json.loads(read_text_dataset(f, "metadata_json"))
         edit(metadata)
-        f.attrs["metadata_json"] = json.dumps(metadata)
+        write_text_dataset(f, "metadata_json", json.dumps(metadata))
 
 
 def _one_line_error(argv: list[str], capsys) -> str:
@@ -114,7 +115,7 @@ def test_proto_nan_descriptors_and_duplicate_ids_are_refused(tmp_path):
 def test_native_sparse_huge_dataset_is_refused_before_reading(tmp_path):
     path = tmp_path / "map.h5"
     save_index(_index(), path)
-    with h5py.File(path, "a") as f:
+    with edit_native_index(path) as f:
         del f["descriptors"]
         f.create_dataset("descriptors", shape=(2**31, 8), dtype=np.float32, chunks=(1, 8))  # no chunk written
         f.attrs["num_frames"] = 2**31
@@ -137,7 +138,7 @@ def test_native_sparse_huge_dataset_is_refused_before_reading(tmp_path):
 def test_native_declared_sizes_dtypes_and_values_are_validated(tmp_path, damage, message):
     path = tmp_path / "map.h5"
     save_index(_index(), path)
-    with h5py.File(path, "a") as f:
+    with edit_native_index(path) as f:
         damage(f)
     with pytest.raises(IndexFormatError, match=f"map.h5: .*{message}"):
         load_index(path)
@@ -146,7 +147,7 @@ def test_native_declared_sizes_dtypes_and_values_are_validated(tmp_path, damage,
 def test_catalog_read_validates_rows_too(tmp_path):
     path = tmp_path / "map.h5"
     save_index(_index(), path)
-    with h5py.File(path, "a") as f:
+    with edit_native_index(path) as f:
         f["keyframe_ids"][7] = f["keyframe_ids"][2]
     with pytest.raises(IndexFormatError, match="map.h5: .*rows 2 and 7 are the same keyframe"):
         read_native_catalog(path)
@@ -170,7 +171,7 @@ def test_stored_pca_damage_blames_the_index_file(tmp_path, key, value, message, 
     index = _index()
     index.pca = PCA.fit(index.descriptors, 4)
     save_index(index, path)
-    with h5py.File(path, "a") as f:
+    with edit_native_index(path) as f:
         values = np.array(f["pca"][key][...])
         values.reshape(-1)[0] = value
         del f["pca"][key]
@@ -239,7 +240,7 @@ def test_recorded_search_parameters_are_bounded(tmp_path, params, caplog):
     path = tmp_path / "map.h5"
     _saved_with_hnsw(path)
     _edit_metadata(path, lambda m: m["search_index"]["params"].update(params))
-    assert StoredSearchInfo.from_metadata(json.loads(h5py.File(path, "r").attrs["metadata_json"])) is None
+    assert StoredSearchInfo.from_metadata(json.loads(read_text_dataset(h5py.File(path, "r"), "metadata_json"))) is None
     assert load_retriever(path).retrieve(_index().descriptors[:1], k=1)[0][0].index_position == 0
 
 
@@ -506,9 +507,34 @@ def test_stored_image_names_stay_inside_the_map(tmp_path, name):
                         keyframe_ids=index.keyframe_ids, names=["a.png", name, "b.png", "c.png"])
 
 
-def test_damaged_image_names_are_caught_by_the_strings_checksum(tmp_path):
+def _write_version_1(index: DescriptorIndex, path: Path) -> None:
+    """The native layout hierloc wrote before format version 2: variable-length strings, no integrity header."""
+    with h5py.File(path, "w") as f:
+        for key, value in [("format", "hierloc.descriptor_index"), ("format_version", 1),
+                           ("model_name", index.model_name), ("data_name", index.data_name),
+                           ("descriptor_size", index.descriptor_size), ("num_frames", len(index)),
+                           ("descriptor_dtype", "float32"), ("metadata_json", json.dumps(index.metadata)),
+                           ("strings_sha256", strings_sha256(index.missions, index.names, index.resource_names))]:
+            f.attrs[key] = value
+        f.create_dataset("descriptors", data=index.descriptors, fletcher32=True, chunks=True)
+        f.create_dataset("keyframe_ids", data=np.array(index.keyframe_ids, dtype="S32"))
+        for key in ("missions", "names", "resource_names"):
+            f.create_dataset(key, data=np.array(getattr(index, key), dtype=h5py.string_dtype()))
+        f.create_dataset("frame_index", data=index.frame_index)
+
+
+def test_version_1_files_are_still_read(tmp_path):
+    index = _index()
+    _write_version_1(index, tmp_path / "old.h5")
+    loaded = load_index(tmp_path / "old.h5")
+    assert loaded.names == index.names and loaded.keyframe_ids == index.keyframe_ids
+    np.testing.assert_array_equal(loaded.descriptors, index.descriptors)
+    assert read_native_catalog(tmp_path / "old.h5").names == index.names
+
+
+def test_damaged_image_names_of_a_version_1_file_are_caught_by_the_strings_checksum(tmp_path):
     path = tmp_path / "map.h5"
-    save_index(_index(), path)
+    _write_version_1(_index(), path)
     with h5py.File(path, "a") as f:
         names = f["names"].asstr()[...].tolist()
         names[4] = "kf9.png"  # a plausible name: only the checksum can tell
@@ -517,3 +543,57 @@ def test_damaged_image_names_are_caught_by_the_strings_checksum(tmp_path):
     for read in (load_index, read_native_catalog):
         with pytest.raises(IndexFormatError, match="map.h5: its missions or image names do not match the checksum"):
             read(path)
+
+
+def test_version_2_damage_anywhere_is_caught_before_libhdf5_reads(tmp_path, capsys):
+    path = tmp_path / "map.h5"
+    save_index(_index(), path)
+    data = path.read_bytes()
+    assert data.startswith(b"hierloc.descriptor_index\n") and data[512:520] == b"\x89HDF\r\n\x1a\n"
+    damaged = tmp_path / "damaged.h5"
+    for start in range(512, len(data) - 64, max(1, len(data) // 7)):  # HDF5 structures and data alike
+        damaged.write_bytes(data[:start] + bytes(b ^ 0x5A for b in data[start:start + 64]) + data[start + 64:])
+        with pytest.raises(IndexFormatError, match="damaged.h5: its contents do not match the CRC-32C"):
+            read_native_catalog(damaged)
+    damaged.write_bytes(bytes(512) + data[512:])  # a zeroed header: HDF5 would still find its superblock
+    with pytest.raises(IndexFormatError, match="damaged.h5: starts with neither hierloc's index header"):
+        load_index(damaged)
+    damaged.write_bytes(data[:30])
+    with pytest.raises(IndexFormatError, match="damaged.h5: is 30 bytes, shorter than its 512-byte header"):
+        load_index(damaged)
+    damaged.write_bytes(data + b"\x00")
+    with pytest.raises(IndexFormatError, match="damaged.h5: is .* bytes but its header records"):
+        load_index(damaged)
+    damaged.write_bytes(data[512:])  # the header stripped: version 2 without its checksum is refused
+    with pytest.raises(IndexFormatError, match="declares format version 2 but is laid out as version 1"):
+        load_index(damaged)
+    assert "damaged.h5" in _one_line_error(["index", "info", str(damaged)], capsys)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda f: f.attrs.__setitem__("model_name", "a variable-length string"),
+    lambda f: (f.__delitem__("names"),
+               f.create_dataset("names", data=np.array(["a"] * 40, dtype=h5py.string_dtype()))),
+])
+def test_version_2_never_reads_variable_length_values(tmp_path, edit):
+    # Variable-length values sit on HDF5's global heap, where libhdf5 2.0 loops forever when a collection is zeroed.
+    path = tmp_path / "map.h5"
+    save_index(_index(), path)
+    with edit_native_index(path) as f:  # re-signed: a hostile file has a valid checksum
+        edit(f)
+    with pytest.raises(IndexFormatError, match="is of variable length"):
+        load_index(path)
+
+
+def test_version_2_string_columns_must_match_the_frame_count(tmp_path):
+    path = tmp_path / "map.h5"
+    save_index(_index(), path)
+    with edit_native_index(path) as f:
+        names = read_text_dataset(f, "names").split("\x00")
+        write_text_dataset(f, "names", "\x00".join(names[:-1]))
+    with pytest.raises(IndexFormatError, match="'names' holds 39 strings, expected 40"):
+        load_index(path)
+    with pytest.raises(ValueError, match="missions must not contain NUL"):
+        save_index(DescriptorIndex(model_name="m", data_name="d", descriptors=np.eye(2, dtype=np.float32),
+                                   keyframe_ids=[stable_id("a"), stable_id("b")], missions=["a\x00b", "c"]),
+                   tmp_path / "nul.h5")

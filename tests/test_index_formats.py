@@ -28,6 +28,7 @@ from hierloc.index import (
     write_native_index,
     write_proto_index,
 )
+from hierloc.index.native_format import edit_native_index, sign_native_index
 from hierloc.utils.ids import id_to_pair
 
 # The original schema, written out from SPEC.md section 1 (global-loc + maplab-common), compiled
@@ -408,6 +409,9 @@ def test_native_truncated_and_corrupted_files(tmp_path):
     flipped[offset + 10] ^= 0xFF
     corrupt = tmp_path / "corrupt.h5"
     corrupt.write_bytes(bytes(flipped))
+    with pytest.raises(IndexFormatError, match="corrupt.h5: its contents do not match the CRC-32C"):
+        load_index(corrupt)
+    sign_native_index(corrupt, replace=True)  # past the file's checksum, each dataset's Fletcher-32 catches it
     with pytest.raises(IndexFormatError, match="corrupt.h5: corrupt index data"):
         load_index(corrupt)
 
@@ -420,7 +424,7 @@ def test_native_foreign_and_incomplete_hdf5(tmp_path):
         load_index(foreign)
     incomplete = tmp_path / "incomplete.h5"
     save_index(make_index(), incomplete)
-    with h5py.File(incomplete, "a") as f:
+    with edit_native_index(incomplete) as f:
         del f["names"]
     with pytest.raises(IndexFormatError, match="lacks the 'names' dataset"):
         load_index(incomplete)
@@ -450,7 +454,7 @@ def test_foreign_files_raise_index_format_error(tmp_path, name):
 def test_hdf5_file_given_to_proto_reader(tmp_path):
     path = tmp_path / "index.h5"
     save_index(make_index(), path)
-    with pytest.raises(IndexFormatError, match="index.h5: this is an HDF5 file"):
+    with pytest.raises(IndexFormatError, match="index.h5: this is a hierloc native"):
         read_proto_index(path)
     with pytest.raises(IndexFormatError, match="<bytes>: the file is empty"):
         decode_proto_index(b"")

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import math
 
-import h5py
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
@@ -20,6 +18,7 @@ from hierloc.evaluation.pose_errors import (
     rotation_error_deg,
     summarize_errors,
 )
+from hierloc.index.native_format import read_native_metadata
 from hierloc.localization import (
     GlobalConfig,
     Localizer,
@@ -132,7 +131,7 @@ def test_retrieval_picks_the_place_and_the_adapted_network_travels_with_the_map(
     assert scene.global_index is not None and len(scene.global_index) == len(scene)
     assert scene.global_describer.weights_name is None  # k-means initialised on this map: saved with it
     scene.save(tmp_path / "map")
-    record = json.loads(h5py.File(tmp_path / "map" / "global_index.h5", "r").attrs["metadata_json"])["describer"]
+    record = read_native_metadata(tmp_path / "map" / "global_index.h5")["describer"]
     assert (tmp_path / "map" / record["weights_file"]).is_file()
     # The same map with an HNSW global index: the stored structure serves retrieval, with the same poses.
     scene.global_model["search"]["kind"] = "hnsw"

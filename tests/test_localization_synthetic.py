@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -151,6 +153,11 @@ def test_colmap_model_import_keeps_its_points(tmp_path, world, scene):
     assert result.success
     dt, dr = pose_error(result.T_world_cam, query.pose)
     assert dt < 0.05 and dr < 0.5
-    with pytest.raises(ValueError, match="not those of the model"):
-        write_features(tmp_path / "other.h5", {n: f.subset(np.arange(10)) for n, f in scene.features.items()})
+    write_features(tmp_path / "other.h5", {n: f.subset(np.arange(10)) for n, f in scene.features.items()})
+    with pytest.raises(ValueError, match=r"sparse/images.bin and .*other.h5 disagree: .* has \d+ keypoints in the "
+                                         r"model and 10 in the feature file"):
         import_colmap_model(model, tmp_path / "other.h5", "sift", global_config=GlobalConfig(model="none"))
+    shifted = {n: dataclasses.replace(f, keypoints=f.keypoints + 2.0) for n, f in scene.features.items()}
+    write_features(tmp_path / "shifted.h5", shifted)
+    with pytest.raises(ValueError, match=r"disagree: keypoints of .* are up to 2 px apart"):
+        import_colmap_model(model, tmp_path / "shifted.h5", "sift", global_config=GlobalConfig(model="none"))

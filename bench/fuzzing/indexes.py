@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .mutators import bit_flips
+from .mutators import BYTE_MUTATORS, bit_flips
 from .target import FuzzTarget, Mutator
 
 IMAGE_SIZE = (64, 48)
@@ -323,10 +323,24 @@ def _h5_edit(edit: Callable[[Any, random.Random], None], name: str) -> Mutator:
                 edit(f, rng)
         except (OSError, KeyError, ValueError, TypeError, IndexError):
             return bit_flips(data, rng)  # not an h5 file this edit applies to (e.g. the side file)
-        return buffer.getvalue()
+        return _resigned(buffer.getvalue())
 
     mutate.__name__ = name
     return mutate
+
+
+def _resigned(data: bytes) -> bytes:
+    """A native index's bytes with its CRC-32C header recomputed: a hostile (or buggy) writer signs what it wrote,
+    so the edit reaches the reader's own checks instead of stopping at the checksum."""
+    from hierloc.index.native_format import INTEGRITY_MAGIC, signed_index_bytes
+
+    return signed_index_bytes(data) if data.startswith(INTEGRITY_MAGIC) and len(data) >= 512 else data
+
+
+def _damage_resigned(data: bytes, rng: random.Random) -> bytes:
+    """Byte-level damage (also to HDF5's own structures) under a valid checksum: what libhdf5 faces from a hostile
+    file."""
+    return _resigned(rng.choice(BYTE_MUTATORS)(data, rng))
 
 
 def _replace_dataset(group: Any, key: str, value: Any, **options: Any) -> None:
@@ -402,7 +416,9 @@ def _nan_values(f: Any, rng: random.Random) -> None:
 
 def _edit_metadata(f: Any, rng: random.Random) -> None:
     """A field of the native index's metadata JSON (search record, describer record...) of a hostile value."""
-    metadata = json.loads(f.attrs["metadata_json"])
+    from hierloc.index.native_format import read_text_dataset, write_text_dataset
+
+    metadata = json.loads(read_text_dataset(f, "metadata_json"))
     records = [(metadata, key) for key in metadata]
     for key in ("search_index", "describer"):
         if isinstance(metadata.get(key), dict):
@@ -414,7 +430,7 @@ def _edit_metadata(f: Any, rng: random.Random) -> None:
         container[key] = rng.choice(HOSTILE_NAMES)
     else:
         container[key] = rng.choice(HOSTILE_VALUES)
-    f.attrs["metadata_json"] = json.dumps(metadata)
+    write_text_dataset(f, "metadata_json", json.dumps(metadata))
 
 
 def _duplicate_id(f: Any, rng: random.Random) -> None:
@@ -425,12 +441,12 @@ def _duplicate_id(f: Any, rng: random.Random) -> None:
 
 
 def _hostile_row_name(f: Any, rng: random.Random) -> None:
-    import h5py
+    from hierloc.index.native_format import read_text_dataset, write_text_dataset
 
     key = rng.choice(("names", "missions", "resource_names"))
-    values = f[key].asstr()[...].tolist()
+    values = read_text_dataset(f, key).split("\x00")
     values[rng.randrange(len(values))] = rng.choice(HOSTILE_NAMES)
-    _replace_dataset(f, key, np.array(values, dtype=h5py.string_dtype()))
+    write_text_dataset(f, key, "\x00".join(values))
 
 
 def _pca_damage(f: Any, rng: random.Random) -> None:
@@ -445,6 +461,7 @@ NATIVE_MUTATORS: tuple[Mutator, ...] = (
     _h5_edit(_sparse_huge_dataset, "native_sparse_huge_dataset"), _h5_edit(_nan_values, "native_nan_values"),
     _h5_edit(_edit_metadata, "native_metadata_field"), _h5_edit(_duplicate_id, "native_duplicate_id"),
     _h5_edit(_hostile_row_name, "native_hostile_name"), _h5_edit(_pca_damage, "native_pca_damage"),
+    _damage_resigned,
 )
 
 

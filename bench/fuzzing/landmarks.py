@@ -13,7 +13,7 @@ import json
 import random
 from pathlib import Path
 
-from .mutators import data_line_indices, text_lines_mutator
+from .mutators import data_line_indices, huge_field, text_lines_mutator
 from .target import FuzzTarget, Mutator
 
 INDEX_NAME = "index.csv"
@@ -133,19 +133,6 @@ def _stray_quote(lines: list[str], rng: random.Random) -> list[str]:
     return lines
 
 
-def _huge_field(lines: list[str], rng: random.Random) -> list[str]:
-    """A field over csv's 128 KiB limit (quoted or not), or a line of many short fields."""
-    rows = data_line_indices(lines) or [0]
-    if not lines:
-        lines = [""]
-    i = rng.choice(rows)
-    field = rng.choice(('"' + "x" * 200_000 + '"', "1" * 200_000, "a" * 200_000, "," * 100_000))
-    fields = lines[i].split(",")
-    fields[rng.randrange(len(fields))] = field
-    lines[i] = ",".join(fields)
-    return lines
-
-
 def _columns(lines: list[str], rng: random.Random) -> list[str]:
     """A line with fields dropped or added."""
     rows = [i for i in data_line_indices(lines) if i > 0]
@@ -187,7 +174,7 @@ def _endless_line(data: bytes, rng: random.Random) -> bytes:
 STRUCTURED: tuple[Mutator, ...] = (
     *(text_lines_mutator(edit, name) for edit, name in (
         (_hostile_id, "hostile_id"), (_hostile_url, "hostile_url"), (_hostile_header, "hostile_header"),
-        (_stray_quote, "stray_quote"), (_huge_field, "csv_huge_field"), (_columns, "columns"),
+        (_stray_quote, "stray_quote"), (huge_field, "csv_huge_field"), (_columns, "columns"),
         (_duplicates, "duplicate_ids"))),
     _not_utf8, _endless_line,
 )

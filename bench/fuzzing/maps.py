@@ -18,7 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .mutators import HOSTILE_FLOATS, HOSTILE_NUMBER_TOKENS, data_line_indices, replace_token, text_lines_mutator
+from .mutators import (
+    HOSTILE_FLOATS,
+    HOSTILE_NUMBER_TOKENS,
+    data_line_indices,
+    huge_field,
+    replace_token,
+    text_lines_mutator,
+)
 from .target import FuzzTarget, Mutator
 
 IMAGE_SIZE = (64, 48)
@@ -483,17 +490,6 @@ def _drop_line(lines: list[str], rng: random.Random) -> list[str]:
     return lines
 
 
-def _huge_field(lines: list[str], rng: random.Random) -> list[str]:
-    """A 200 KiB field (quoted or not): csv's 128 KiB field limit, long-line handling."""
-    rows = data_line_indices(lines) or [0]
-    if not lines:
-        lines = [""]
-    i = rng.choice(rows)
-    field = rng.choice(('"' + "x" * 200_000 + '"', "1" * 200_000, "x" * 200_000, '"' + "1," * 100_000))
-    lines[i] = replace_token(lines[i], rng, (field,))
-    return lines
-
-
 def _hostile_name(lines: list[str], rng: random.Random) -> list[str]:
     """A token that looks like an image name replaced by one outside the folder, absolute, with NUL, empty."""
     rows = [i for i in data_line_indices(lines) if re.search(r"\.(png|jpg)\b", lines[i])]
@@ -517,7 +513,7 @@ def _many_tokens(lines: list[str], rng: random.Random) -> list[str]:
 
 TEXT_MUTATORS: tuple[Mutator, ...] = tuple(text_lines_mutator(edit, name) for edit, name in (
     (_hostile_token, "hostile_token"), (_duplicate_line, "duplicate_line"), (_drop_line, "drop_line"),
-    (_huge_field, "huge_field"), (_hostile_name, "hostile_name"), (_many_tokens, "many_tokens")))
+    (huge_field, "huge_field"), (_hostile_name, "hostile_name"), (_many_tokens, "many_tokens")))
 
 
 def _kitti_not_rotation(lines: list[str], rng: random.Random) -> list[str]:

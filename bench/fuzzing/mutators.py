@@ -153,6 +153,19 @@ def replace_token(line: str, rng: random.Random, values: tuple[str, ...], separa
     return separator.join(tokens)
 
 
+def huge_field(lines: list[str], rng: random.Random) -> list[str]:
+    """One field of a data line (of the first line if none) replaced by a 200 KiB one, quoted or not, or by a run of
+    100,000 separators: csv's 128 KiB field limit, long-line handling, rows of many fields."""
+    rows = data_line_indices(lines) or [0]
+    if not lines:
+        lines = [""]
+    i = rng.choice(rows)
+    field = rng.choice(('"' + "x" * 200_000 + '"', "1" * 200_000, "x" * 200_000, '"' + "1," * 100_000,
+                        "," * 100_000))
+    lines[i] = replace_token(lines[i], rng, (field,))
+    return lines
+
+
 HOSTILE_NUMBER_TOKENS = ("nan", "NaN", "inf", "-inf", "1e308", "-1e308", "1e999", "0", "-1", "4294967296",
                          "18446744073709551616", "99999999999999999999999", "0x10", "", "1,5", "one")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from hierloc.index.descriptor_index import DescriptorIndex
 from hierloc.index.errors import IndexFormatError
-from hierloc.index.native_format import HDF5_SIGNATURE, read_native_index, write_native_index
+from hierloc.index.native_format import HDF5_SIGNATURE, INTEGRITY_MAGIC, read_native_index, write_native_index
 from hierloc.index.proto_format import read_proto_index, write_proto_index
 
 FORMATS = ("protobuf", "native")
@@ -28,11 +28,14 @@ def format_for_path(path: str | os.PathLike) -> str:
 
 
 def detect_format(path: str | os.PathLike) -> str:
-    """Return "native" if the file carries the HDF5 signature, else "protobuf" (which has no signature)."""
+    """Return "native" if the file carries hierloc's index header or the HDF5 signature, else "protobuf"
+    (which has no signature)."""
     with open(path, "rb") as f:
         head = f.read(_HDF5_SIGNATURE_OFFSETS[-1] + len(HDF5_SIGNATURE))
     if not head:
         raise IndexFormatError(path, "the file is empty, not a descriptor index")
+    if head.startswith(INTEGRITY_MAGIC):
+        return "native"
     for offset in _HDF5_SIGNATURE_OFFSETS:
         if head[offset : offset + len(HDF5_SIGNATURE)] == HDF5_SIGNATURE:
             return "native"

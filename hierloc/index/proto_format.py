@@ -46,6 +46,7 @@ _OPTIONAL, _REQUIRED, _REPEATED = _FIELD.LABEL_OPTIONAL, _FIELD.LABEL_REQUIRED, 
 # own and would otherwise parse some of them into nonsense.
 _FOREIGN_SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"\x89HDF\r\n\x1a\n", "an HDF5 file (use the native index reader)"),
+    (b"hierloc.descriptor_index\n", "a hierloc native (HDF5) index (use the native index reader)"),
     (b"\x89PNG\r\n\x1a\n", "a PNG image"),
     (b"\xff\xd8\xff", "a JPEG image"),
     (b"PK\x03\x04", "a ZIP archive (or .npz)"),

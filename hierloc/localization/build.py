@@ -315,12 +315,22 @@ def import_colmap_model(model_dir: str | os.PathLike, features_path: str | os.Pa
     if not registered:
         raise ValueError(f"{model_dir}: the COLMAP model has no registered image")
     local = read_features(features_path, [im.name for im in registered])
+    # Either file may be the damaged one, so a disagreement names both.
+    images_file = next((model_dir / name for name in ("images.bin", "images.txt") if (model_dir / name).is_file()),
+                       model_dir)
     for im in registered:
         keypoints = local[im.name].keypoints
         model_xy = np.array([p.xy for p in im.points2D], dtype=np.float64).reshape(-1, 2)
-        if len(keypoints) != len(model_xy) or (len(model_xy) and np.abs(keypoints - model_xy).max() > 0.05):
-            raise ValueError(f"{features_path}: the keypoints of {im.name} are not those of the model "
-                             f"({len(keypoints)} vs {len(model_xy)}); give the feature file the model was built from")
+        if not np.isfinite(model_xy).all():
+            raise ValueError(f"{images_file}: the 2-D points of {im.name} are not finite")
+        if len(keypoints) != len(model_xy):
+            raise ValueError(f"{images_file} and {features_path} disagree: {im.name} has {len(model_xy)} keypoints "
+                             f"in the model and {len(keypoints)} in the feature file; give the feature file the "
+                             "model was built from")
+        offset = float(np.abs(keypoints - model_xy).max()) if len(model_xy) else 0.0
+        if offset > 0.05:
+            raise ValueError(f"{images_file} and {features_path} disagree: keypoints of {im.name} are up to "
+                             f"{offset:.3g} px apart; give the feature file the model was built from")
     if image_dir is None:  # the usual layouts: project/sparse/0 + project/images, or model/images
         candidates = [base / "images" for base in (model_dir, model_dir.parent, model_dir.parent.parent)]
         image_dir = next((c for c in candidates if (c / registered[0].name).is_file()), None)

@@ -344,14 +344,15 @@ class TornFolderError(ValueError):
     """A folder does not hold what its manifest lists (a torn or mixed write, or damage)."""
 
 
-def file_crc32c(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """CRC32C of a file as 8 hex digits (google-crc32c when installed)."""
+def file_crc32c(path: str | os.PathLike, chunk: int = 1 << 20, offset: int = 0) -> str:
+    """CRC32C of a file (from byte `offset` to its end) as 8 hex digits (google-crc32c when installed)."""
     try:
         from google_crc32c import extend
     except ImportError:  # pragma: no cover - google-crc32c is a dependency
         from ..models.convert.crc32c import crc32c as extend
     crc = 0
     with open(path, "rb") as f:
+        f.seek(offset)
         while block := f.read(chunk):
             crc = extend(crc, block)
     return f"{crc:08x}"
