@@ -7,6 +7,8 @@
     if answer["success"]:
         T_cam_world = answer["T_cam_world"]          # 4x4 list, world-to-camera; answer["qvec_tvec"]: hloc's 7 numbers
     client.retrieve("frame.jpg", k=5)["retrieved"]   # names of the top-5 keyframes
+    client.retrieve("frame.jpg", k=5, rerank=20)     # the top 20 re-sorted by verified local matches ("results")
+    client.localize("frame.jpg", prior=[1, 0, 0, 0, 0, 0, 0])  # near a prior pose first ("retrieval_path": "prior")
     client.health()
 
 An image is a file path, the encoded bytes of a JPEG/PNG, or an array (HxW or HxWx3 RGB, sent as a lossless
@@ -164,7 +166,8 @@ class HierlocClient:
                  session_id: str | None = None, name: str | None = None) -> dict[str, Any]:
         """POST /v1/localize: the answer (success, T_cam_world, qvec_tvec, num_inliers, place, retrieved, ...).
 
-        `camera`: a hierloc Camera or 'MODEL W H params...'; `prior`: 7 numbers qw qx qy qz tx ty tz.
+        `camera`: a hierloc Camera or 'MODEL W H params...'; `prior`: 7 numbers qw qx qy qz tx ty tz
+        (world-to-camera): the image is localized near it first ("retrieval_path": "prior"), else globally.
         """
         data, content_type = encode_image(image)
         params = {"camera": None if camera is None else camera_text(camera), "timestamp": timestamp,
@@ -172,12 +175,17 @@ class HierlocClient:
                   "prior": None if prior is None else " ".join(repr(float(v)) for v in prior)}
         return self._json("POST", "/v1/localize", body=data, content_type=content_type, params=params)
 
-    def retrieve(self, image: Any, k: int | None = None, *, session_id: str | None = None,
-                 name: str | None = None) -> dict[str, Any]:
-        """POST /v1/retrieve: {"retrieved": [keyframe names, best first], ...}."""
+    def retrieve(self, image: Any, k: int | None = None, *, rerank: int | None = None,
+                 session_id: str | None = None, name: str | None = None) -> dict[str, Any]:
+        """POST /v1/retrieve: {"retrieved": [keyframe names, best first], ...}.
+
+        `rerank` K > 0: the top K are re-sorted by RANSAC inliers of local matches; the answer then also has
+        "results" (per keyframe: rank, name, distance, inliers, global_rank) and "rerank" ({"k", "conclusive",
+        "timings_ms"}; not conclusive: no candidate was verified and the global order was kept).
+        """
         data, content_type = encode_image(image)
         return self._json("POST", "/v1/retrieve", body=data, content_type=content_type,
-                          params={"k": k, "session_id": session_id, "name": name})
+                          params={"k": k, "rerank": rerank, "session_id": session_id, "name": name})
 
     def health(self) -> dict[str, Any]:
         """GET /health."""

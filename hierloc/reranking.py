@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -184,6 +185,9 @@ class ReferenceFeatures:
         self.read_only = read_only
         self.progress = progress
         self._memory: dict[str, LocalFeatures] = {}
+        # One reranker may serve several threads (the service's workers): the memory and the cache file change
+        # under this lock (re-entrant: `get` holds it across `prepare`).
+        self._lock = threading.RLock()
 
     @classmethod
     def for_images(cls, loaders: Mapping[str, Callable[[], np.ndarray]], path: str | os.PathLike | None,
@@ -201,6 +205,10 @@ class ReferenceFeatures:
 
     def prepare(self, names: Sequence[str]) -> float:
         """Make the features of `names` available (read or extracted in one pass); returns the seconds spent."""
+        with self._lock:
+            return self._prepare(names)
+
+    def _prepare(self, names: Sequence[str]) -> float:
         begin = time.perf_counter()
         names = list(dict.fromkeys(names))
         for name in names:  # most recently used last
@@ -241,8 +249,9 @@ class ReferenceFeatures:
 
     def get(self, names: Sequence[str]) -> list[LocalFeatures]:
         """Features of `names` in order (computed first when missing)."""
-        self.prepare(names)
-        return [self._memory[name] for name in names]
+        with self._lock:
+            self._prepare(names)
+            return [self._memory[name] for name in names]
 
     def scale(self, features: LocalFeatures) -> float:
         """Original pixels -> detector pixels of a reference."""
@@ -376,8 +385,12 @@ class GeometricReranker:
         return scores
 
     def rerank(self, query: np.ndarray | LocalFeatures, names: Sequence[str],
-               distances: Sequence[float] | None = None) -> RerankResult:
-        """Verify the first `k` of `names` (global order) and re-sort them; later ones stay after, in order."""
+               distances: Sequence[float] | None = None, k: int | None = None) -> RerankResult:
+        """Verify the first `k` (default `config.k`) of `names` (global order) and re-sort them; later ones stay
+        after, in order. A smaller `k` per call lets one reranker serve requests that each ask for their own K."""
+        k = self.config.k if k is None else int(k)
+        if k < 1:
+            raise RerankError(f"re-ranking needs k >= 1 candidates, got {k}")
         begin = time.perf_counter()
         timings: dict[str, float] = {}
         if not isinstance(query, LocalFeatures):
@@ -386,13 +399,12 @@ class GeometricReranker:
         distances = [float("nan")] * len(names) if distances is None else [float(d) for d in distances]
         if len(distances) != len(names):
             raise ValueError(f"{len(names)} candidate names but {len(distances)} distances")
-        head = list(names[: self.config.k])
+        head = list(names[:k])
         candidates = [RankedCandidate(name, rank, distances[rank]) for rank, name in enumerate(head)]
         for candidate, (inliers, matches) in zip(candidates, self.verify(query, head, timings)):
             candidate.inliers, candidate.matches = inliers, matches
         ordered, conclusive = order_candidates(candidates, self.config.min_inliers)
-        tail = [RankedCandidate(name, rank, distances[rank]) for rank, name in enumerate(names)
-                if rank >= self.config.k]
+        tail = [RankedCandidate(name, rank, distances[rank]) for rank, name in enumerate(names) if rank >= k]
         timings["total"] = time.perf_counter() - begin
         return RerankResult(ordered + tail, conclusive, timings)
 

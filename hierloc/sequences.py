@@ -12,7 +12,11 @@ Everything here works on a query-by-reference distance matrix of any describer
    those of the reference's distances to the `query_window` previous queries (online: no later query
    is used), which removes places that look close to everything ("hubs") and queries close to nothing;
 2. frames that repeat their predecessor (the vehicle stands still: `moving_frames`) are left out of
-   both traversals, so that a stop in one traversal and not the other does not break the sequence;
+   both traversals, so that a stop in one traversal and not the other does not break the sequence. On the
+   map side (recorded in advance) only runs of at least `DEFAULT_MIN_STOP` repeated frames count as stops
+   (`moving_frames(..., min_stop=...)`): one or two frames that barely change are slow motion, and leaving
+   them out of one traversal only shifts it against the other; queries keep the per-frame rule, which
+   needs no later frame;
 3. straight-line search (`sequence_scores`): for every query q and reference r, the mean enhanced
    distance along lines ending at (q, r), queries q-k against references r - round(v k) for k < N and
    each velocity v (the traversals may run at different speeds); the best velocity wins. The first N-1
@@ -37,6 +41,7 @@ DEFAULT_VELOCITIES = (0.8, 0.9, 1.0, 1.1, 1.25)  # reference frames per query fr
 DEFAULT_WINDOW = 10  # references around each one for the contrast enhancement (SeqSLAM's R_window)
 DEFAULT_QUERY_WINDOW = 20  # previous queries for the contrast enhancement along the queries (0: none)
 DEFAULT_STATIC_FRACTION = 0.3  # a frame repeats its predecessor below this fraction of the median change
+DEFAULT_MIN_STOP = 5  # reference frames: a stop is a run of at least this many repeated frames
 MAX_MATRIX_ELEMENTS = 400_000_000  # 1.6 GB of float32 distances: larger query x reference matrices are refused
 
 
@@ -193,13 +198,28 @@ def consecutive_distances(features: np.ndarray, metric: str = "euclidean") -> np
 
 
 def moving_frames(features: np.ndarray, fraction: float = DEFAULT_STATIC_FRACTION,
-                  metric: str = "euclidean") -> np.ndarray:
+                  metric: str = "euclidean", min_stop: int = 1) -> np.ndarray:
     """[N] bool: False for a frame that repeats its predecessor (it changed less than `fraction` times the median
-    change between consecutive frames: the vehicle stands still); the first frame is always True."""
+    change between consecutive frames: the vehicle stands still); the first frame is always True.
+
+    With `min_stop` > 1 only runs of at least `min_stop` such frames count as repeats (a stop); shorter runs stay
+    True (slow motion). That looks up to `min_stop` - 1 frames ahead: use it for the map (reference) traversal,
+    recorded in advance, and 1 for queries that arrive one by one.
+    """
+    if isinstance(min_stop, bool) or int(min_stop) != min_stop or min_stop < 1:
+        raise ValueError(f"min_stop must be a positive integer, got {min_stop!r}")
     if len(features) < 2 or fraction <= 0:
         return np.ones(len(features), bool)
     change = consecutive_distances(features, metric)
-    return np.r_[True, change > fraction * float(np.median(change))]
+    moving = np.r_[True, change > fraction * float(np.median(change))]
+    if min_stop > 1:
+        # Runs of repeated frames: starts and ends (exclusive) from the edges of the padded mask.
+        edges = np.diff(np.r_[0, (~moving).astype(np.int8), 0])
+        starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+        for start, end in zip(starts, ends):
+            if end - start < min_stop:
+                moving[start:end] = True
+    return moving
 
 
 # --------------------------------------------------------------------------------------- matching sequences
@@ -330,7 +350,8 @@ def sequence_rank(distances: np.ndarray | Sequence[np.ndarray], length: int, k: 
     `distances`: one [Q, R] query-by-reference distance matrix, or several (one per describer, same shape),
     each contrast-enhanced (`enhance_contrast` with `window` and `query_window`; window None: used as they
     are) and summed with `weights`. Rows of both sides must be in traversal order. `query_moving` and
-    `reference_moving` (`moving_frames`; None: all frames) leave repeated frames out of the sequences; a
+    `reference_moving` (`moving_frames`, for the reference with `min_stop=DEFAULT_MIN_STOP`; None: all frames)
+    leave repeated frames out of the sequences; a
     left-out query takes its last moving frame's sequence and prefers the reference as long after the start
     of that reference's own repeat as the query is after its. Length 1 with `window=None` and no masks is
     the single-frame ranking.
@@ -385,7 +406,8 @@ def sequence_rank(distances: np.ndarray | Sequence[np.ndarray], length: int, k: 
 
 
 __all__ = [
-    "DEFAULT_QUERY_WINDOW", "DEFAULT_STATIC_FRACTION", "DEFAULT_VELOCITIES", "DEFAULT_WINDOW", "SequenceRanking",
+    "DEFAULT_MIN_STOP", "DEFAULT_QUERY_WINDOW", "DEFAULT_STATIC_FRACTION", "DEFAULT_VELOCITIES", "DEFAULT_WINDOW",
+    "SequenceRanking",
     "consecutive_distances", "descriptor_distances", "enhance_contrast", "hog_descriptors", "moving_frames",
     "network_grid_descriptors", "patch_normalize", "rank_scores", "sad_distances", "sequence_rank",
     "sequence_scores",

@@ -37,3 +37,20 @@ def shared_path(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} not available")
     return path
+
+
+@pytest.fixture(scope="session")
+def service_world_map(tmp_path_factory):
+    """(map folder, Localizer, dusk keyframes): a 10-frame synthetic map (SIFT, a global index from ImageNet
+    MobileNetVLAD, offline weights) saved to disk, shared by the service's test files."""
+    from hierloc.localization import GlobalConfig, Localizer, LocalizerConfig, MapBuildConfig, build_scene_map
+    from hierloc.maps.synthetic import make_synthetic_map
+
+    world = make_synthetic_map(num_missions=2, frames_per_mission=10, image_size=(320, 240), seed=3)
+    config = MapBuildConfig(features="sift", pairs="sequential", num_neighbors=2,
+                            global_model=GlobalConfig(model="mobilenetvlad_imagenet", search="flat"))
+    scene, _ = build_scene_map(world.select(["day"]), config, progress=False)
+    folder = tmp_path_factory.mktemp("service") / "map"
+    scene.save(folder)
+    localizer = Localizer.load(folder, LocalizerConfig(num_retrieved=3, trace_global_network=False))
+    return folder, localizer, world.missions["dusk"].keyframes

@@ -128,3 +128,19 @@ def test_localize_reports_user_errors_in_one_line(tmp_path, capsys):
     assert main(["localize", str(tmp_path), str(tmp_path)]) == 1
     error = capsys.readouterr().err
     assert "not a hierloc 3-D map" in error and "Traceback" not in error
+    assert main(["localize", str(tmp_path), str(tmp_path), "--optical-flow"]) == 1
+    assert "--optical-flow follows a stream of frames: give --sequence as well" in capsys.readouterr().err
+
+
+def test_localize_sequence_with_optical_flow(datasets, built_map, tmp_path):
+    root, _ = datasets
+    map_dir, _ = built_map
+    out = tmp_path / "out"
+    assert main(["localize", str(map_dir), str(root / "queries" / "dusk"), "--out", str(out), "--sequence",
+                 "--optical-flow", "--num-retrieved", "3", "--camera", "map", "--matches-png", "0"]) == 0
+    report = json.loads((out / "results.json").read_text())
+    paths = {query["retrieval_path"] for query in report["queries"]}
+    # Frames 2.4 m apart: the flow rarely holds here; the plumbing (the option reaching the Tracker) is tested,
+    # the flow path itself in test_tracking.
+    assert report["num_queries"] == 20 and paths <= {"flow", "tracking", "global"}
+    assert report["num_localized"] >= 12

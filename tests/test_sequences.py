@@ -194,3 +194,43 @@ def test_network_grid_descriptors():
     except Exception as exc:  # the ImageNet weights are an optional offline package
         pytest.skip(f"ImageNet MobileNetV2 weights unavailable: {exc}")
     assert descriptors.shape == (2, 24 * 2 * 4) and np.isfinite(descriptors).all()
+
+
+def test_min_stop_keeps_short_repeats_as_motion():
+    """Runs of repeated frames shorter than `min_stop` are slow motion, not a stop: they stay in the sequence."""
+    rng = np.random.default_rng(11)
+    places = rng.normal(size=(30, 16)).astype(np.float32)
+    order = list(range(10)) + [10] * 3 + list(range(11, 20)) + [20] * 6 + list(range(21, 30))  # repeats of 2 and 5
+    frames = places[order] + 0.001 * rng.normal(size=(len(order), 16)).astype(np.float32)
+    every = moving_frames(frames)
+    assert (~every).sum() == 7 and not every[11] and not every[12] and not every[23:28].any()
+    stops = moving_frames(frames, min_stop=3)
+    assert stops[11] and stops[12] and not stops[23:28].any() and (~stops).sum() == 5
+    assert moving_frames(frames, min_stop=6).all()
+    np.testing.assert_array_equal(moving_frames(frames, min_stop=1), every)
+    with pytest.raises(ValueError, match="min_stop"):
+        moving_frames(frames, min_stop=0)
+
+
+def test_min_stop_on_the_map_keeps_a_slow_stretch_aligned():
+    """The map's train slows down for two frames (they barely change) where the query's does not: with every
+    repeated map frame left out, the query after the slow stretch is matched a frame off; counting only stops
+    of at least `DEFAULT_MIN_STOP` frames keeps every query on its own place."""
+    from hierloc.sequences import DEFAULT_MIN_STOP
+
+    rng = np.random.default_rng(12)
+    n = 60
+    places = np.cumsum(rng.normal(size=(n, 32)), axis=0).astype(np.float32)  # neighbours alike, as along a route
+    reference = places + 0.01 * rng.normal(size=(n, 32)).astype(np.float32)
+    reference[31] = reference[30] + 0.001 * rng.normal(size=32)  # slow: 31 and 32 barely differ from 30
+    reference[32] = reference[30] + 0.001 * rng.normal(size=32)
+    queries = places + 0.3 * rng.normal(size=(n, 32)).astype(np.float32)
+    distances = descriptor_distances(queries, reference)
+    query_moving = moving_frames(queries)
+    assert query_moving.all()
+    every = sequence_rank(distances, 8, k=1, query_moving=query_moving, reference_moving=moving_frames(reference))
+    stops = sequence_rank(distances, 8, k=1, query_moving=query_moving,
+                          reference_moving=moving_frames(reference, min_stop=DEFAULT_MIN_STOP))
+    truth = np.arange(n)
+    assert (every.rows[33:, 0] != truth[33:]).any()  # the frames after the slow stretch drift by one
+    np.testing.assert_array_equal(stops.rows[:, 0], truth)

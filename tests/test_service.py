@@ -26,8 +26,7 @@ with warnings.catch_warnings():  # recent Starlette prefers httpx2 for its TestC
     from fastapi.testclient import TestClient  # noqa: E402
 
 from hierloc.client import HierlocClient, ServiceError  # noqa: E402
-from hierloc.localization import GlobalConfig, Localizer, LocalizerConfig, MapBuildConfig, build_scene_map  # noqa: E402
-from hierloc.maps.synthetic import make_synthetic_map  # noqa: E402
+from hierloc.localization import Localizer, LocalizerConfig  # noqa: E402
 from hierloc.service import ServiceConfig, ServiceLimits, app_for  # noqa: E402
 from hierloc.utils.encoded_images import decode_image_bytes, read_image_header  # noqa: E402
 
@@ -35,16 +34,8 @@ TOKEN = "s3cret-token-of-the-tests-0123456789"
 
 
 @pytest.fixture(scope="module")
-def world_map(tmp_path_factory):
-    """A 10-frame synthetic map with a global index (ImageNet MobileNetVLAD, offline weights), and dusk queries."""
-    world = make_synthetic_map(num_missions=2, frames_per_mission=10, image_size=(320, 240), seed=3)
-    config = MapBuildConfig(features="sift", pairs="sequential", num_neighbors=2,
-                            global_model=GlobalConfig(model="mobilenetvlad_imagenet", search="flat"))
-    scene, _ = build_scene_map(world.select(["day"]), config, progress=False)
-    folder = tmp_path_factory.mktemp("service") / "map"
-    scene.save(folder)
-    localizer = Localizer.load(folder, LocalizerConfig(num_retrieved=3, trace_global_network=False))
-    return folder, localizer, world.missions["dusk"].keyframes
+def world_map(service_world_map):
+    return service_world_map
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -117,8 +108,7 @@ def test_localize_round_trip_equals_the_in_process_pose(world_map, client):
         camera = " ".join([query.camera.model, str(query.camera.width), str(query.camera.height),
                            *(repr(float(p)) for p in query.camera.params)])
         response = client.post("/v1/localize", content=png_bytes(image), headers={"Content-Type": "image/png"},
-                               params={"camera": camera, "name": query.name, "timestamp": "12.5",
-                                       "prior": "1 0 0 0 0 0 0"})
+                               params={"camera": camera, "name": query.name, "timestamp": "12.5"})
         assert response.status_code == 200, response.text
         answer = response.json()
         assert answer["success"] == expected.success and answer["num_inliers"] == expected.num_inliers
@@ -127,6 +117,7 @@ def test_localize_round_trip_equals_the_in_process_pose(world_map, client):
         assert len(answer["qvec_tvec"]) == 7 and answer["qvec_tvec"][4:] == expected.T_cam_world[:3, 3].tolist()
         assert answer["place"] == expected.place and answer["retrieved"] == expected.retrieved
         assert (answer["session_id"], answer["timestamp"], answer["name"]) == (None, 12.5, query.name)
+        assert answer["retrieval_path"] == "global" and answer["prior"] is None  # a prior: test_service_rerank_prior
         assert {"retrieval", "local_features", "matching", "pose", "total", "decode", "queue",
                 "service"} <= set(answer["timings_s"])
     # The same image as a multipart form with the intrinsics as fields.

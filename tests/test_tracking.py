@@ -1,4 +1,5 @@
-"""Tracking a stream: frames localized around the previous pose, global retrieval when lost."""
+"""Tracking a stream: points followed by optical flow, frames localized around the previous pose, global retrieval
+when lost."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import pytest
 
 from hierloc.evaluation.pose_errors import pose_errors
 from hierloc.localization import GlobalConfig, Localizer, LocalizerConfig, MapBuildConfig, build_scene_map
-from hierloc.localization.tracking import Tracker
-from hierloc.maps.synthetic import make_synthetic_map
+from hierloc.localization.localizer import LocalizationResult
+from hierloc.localization.tracking import Tracker, TrackingConfig
+from hierloc.maps.synthetic import APPEARANCES, SyntheticWorld, make_synthetic_map, mission_name
+from hierloc.maps.types import Keyframe, Map
 
 
 @pytest.fixture(scope="module")
@@ -24,12 +27,18 @@ def test_tracking_serves_a_stream_as_accurately_as_global_retrieval(world_and_lo
     world, localizer = world_and_localizer
     frames = world.missions["dusk"].keyframes
     tracker = Tracker(localizer)
-    tracked = [tracker.track(kf.load_image(), kf.camera, kf.name) for kf in frames]
+    retrievals = []
+    original_retrieve = localizer.retrieve
+    localizer.retrieve = lambda image: retrievals.append(1) or original_retrieve(image)  # counts network runs
+    try:
+        tracked = [tracker.track(kf.load_image(), kf.camera, kf.name) for kf in frames]
+    finally:
+        del localizer.retrieve
     independent = [localizer.localize(kf.load_image(), kf.camera, kf.name) for kf in frames]
     assert tracked[0].retrieval_path == "global"  # nothing to track from yet
     paths = [r.retrieval_path for r in tracked]
     assert paths.count("tracking") >= len(frames) // 2
-    assert all(r.timings["retrieval"] < 1e-3 for r in tracked if r.retrieval_path == "tracking")  # no network
+    assert len(retrievals) == paths.count("global")  # a tracked frame runs no global network
     truth = {kf.name: kf.pose for kf in frames}
     tracked_errors = pose_errors({r.name: r.T_world_cam for r in tracked}, truth)
     independent_errors = pose_errors({r.name: r.T_world_cam for r in independent}, truth)
@@ -54,3 +63,86 @@ def test_a_lost_track_falls_back_to_global_retrieval(world_and_localizer):
     assert not lost.success and not tracker.tracking  # the next frame goes through global retrieval
     again = tracker.track(frames[3].load_image(), frames[3].camera, frames[3].name)
     assert again.retrieval_path == "global"
+
+
+# ---------------------------------------------------------------------------------------------- the flow path
+# A dense stretch of the synthetic corridor (160 frames per loop: 23 cm between frames, as a camera at about 5 Hz):
+# the day mission's first 24 frames make the map, dusk frames inside that stretch make the stream. Only these
+# frames are rendered, so the fixture stays fast.
+LOOP_FRAMES = 160
+
+
+def _render(world: SyntheticWorld, mission: int, indices) -> list[Keyframe]:
+    camera = world.default_camera((320, 240))
+    name = mission_name(mission)
+    poses = world.mission_poses(mission, LOOP_FRAMES)
+    keyframes = []
+    for i in indices:
+        image, depth = world.render(poses[i], camera, APPEARANCES[name], noise_seed=(0, mission, i))
+        keyframes.append(Keyframe.create(f"{name}/{i:06d}.png", name, i, timestamp=float(i), pose=poses[i],
+                                         camera=camera, image=image, depth=depth))
+    return keyframes
+
+
+@pytest.fixture(scope="module")
+def stretch_and_localizer():
+    world = SyntheticWorld(0)
+    day = _render(world, 0, range(24))
+    dusk = _render(world, 1, range(2, 18))
+    config = MapBuildConfig(features="sift", pairs="sequential", num_neighbors=3,
+                            global_model=GlobalConfig(model="mobilenetvlad_imagenet"))
+    scene, _ = build_scene_map(Map.from_keyframes("stretch", day), config, progress=False)
+    return dusk, Localizer(scene, LocalizerConfig(num_retrieved=5, trace_global_network=False))
+
+
+def _errors(result: LocalizationResult, keyframe: Keyframe) -> tuple[float, float]:
+    return pose_errors({keyframe.name: result.T_world_cam}, {keyframe.name: keyframe.pose})[keyframe.name]
+
+
+def test_flow_serves_most_of_a_stream_close_to_ground_truth(stretch_and_localizer):
+    frames, localizer = stretch_and_localizer
+    config = TrackingConfig(optical_flow=True)
+    tracker = Tracker(localizer, config)
+    results = [tracker.track(kf.load_image(), kf.camera, kf.name) for kf in frames]
+    paths = [r.retrieval_path for r in results]
+    assert paths[0] == "global" and all(r.success for r in results), [(r.retrieval_path, r.message) for r in results]
+    assert paths.count("flow") >= len(frames) // 2, paths
+    # Full localizations refresh the followed points: never more than flow_refresh_frames flow frames in a row.
+    assert "flow" * (config.flow_refresh_frames + 1) not in "".join("flow" if p == "flow" else "-" for p in paths)
+    for result, keyframe in zip(results, frames):
+        translation_m, rotation_deg = _errors(result, keyframe)
+        assert translation_m < 0.03 and rotation_deg < 0.5, (result.retrieval_path, translation_m, rotation_deg)
+        if result.retrieval_path == "flow":  # no local features, no retrieval: flow and PnP only
+            assert result.timings["local_features"] == 0 and result.timings["retrieval"] == 0
+            assert result.timings["flow"] > 0 and result.num_inliers >= localizer.config.min_inliers
+            assert sum(len(pairs) for pairs in result.inlier_matches.values()) == result.num_inliers
+            assert len(result.query_keypoints) == result.num_inliers
+
+
+def test_flow_is_off_by_default_and_tracking_is_unchanged(stretch_and_localizer):
+    frames, localizer = stretch_and_localizer
+    tracker = Tracker(localizer)
+    paths = [tracker.track(kf.load_image(), kf.camera, kf.name).retrieval_path for kf in frames[:4]]
+    assert paths == ["global", "tracking", "tracking", "tracking"]
+
+
+def test_a_jump_or_a_blank_frame_falls_back_from_flow(stretch_and_localizer):
+    frames, localizer = stretch_and_localizer
+    tracker = Tracker(localizer, TrackingConfig(optical_flow=True))
+    for keyframe in frames[8:10]:
+        result = tracker.track(keyframe.load_image(), keyframe.camera, keyframe.name)
+    assert result.retrieval_path == "flow" and result.success
+    # A jump 1.8 m back: the points of the previous frame cannot be followed into it; keyframe tracking serves it
+    # (the keyframes near the last pose still see that stretch) or global retrieval, never flow.
+    jump = frames[0]
+    result = tracker.track(jump.load_image(), jump.camera, jump.name)
+    assert result.retrieval_path in ("tracking", "global") and result.success, result.message
+    assert result.timings["flow"] > 0 and result.timings["total"] >= result.timings["flow"]  # the attempt counts
+    assert _errors(result, jump)[0] < 0.03
+    nxt = frames[1]
+    assert tracker.track(nxt.load_image(), nxt.camera, nxt.name).retrieval_path == "flow"  # flow from the new pose
+    blank = np.full((240, 320, 3), 128, np.uint8)
+    lost = tracker.track(blank, nxt.camera, "blank")
+    assert not lost.success and lost.retrieval_path == "global" and not tracker.tracking
+    after = frames[2]
+    assert tracker.track(after.load_image(), after.camera, after.name).retrieval_path == "global"

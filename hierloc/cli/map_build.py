@@ -57,6 +57,8 @@ def register(subparsers) -> None:
                    help="search structure of the map's global index (auto: flat below 50k images, HNSW above)")
     b.add_argument("--pca-dims", type=positive_int, default=None,
                    help="search the map's global index after PCA to this size")
+    b.add_argument("--global-resize", type=positive_int, default=None,
+                   help="longest image side the retrieval network sees, for map and queries (default 640)")
     b.add_argument("--default-fov", type=field_of_view, default=None,
                    help="SfM: horizontal field of view (deg) of images without calibration or EXIF")
     b.add_argument("--feature-cache", default=None, help="hloc-layout features file reused between builds")
@@ -91,7 +93,7 @@ def run_build(args: argparse.Namespace) -> int:
     from .index import map_source
 
     global_config = GlobalConfig(args.global_model, args.global_weights, args.search, pca_dims=args.pca_dims,
-                                 index=args.global_index)
+                                 index=args.global_index, resize_max=args.global_resize)
     build = MapBuildConfig(features=args.features, feature_options=_feature_options(args), matcher=args.matcher,
                            pairs=args.pairs, num_neighbors=args.num_neighbors, mode=args.mode,
                            global_model=global_config, default_fov_deg=args.default_fov, device=args.device)

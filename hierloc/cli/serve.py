@@ -48,6 +48,9 @@ def register(subparsers) -> None:
                    help="open connections at most (default: workers + queue + 64)")
     p.add_argument("--graceful-timeout", type=positive_float, default=60.0,
                    help="on SIGTERM/SIGINT, seconds that requests in flight may take to finish (default 60)")
+    p.add_argument("--max-rerank", type=non_negative_int, default=100,
+                   help="most keyframes a /v1/retrieve request may re-rank geometrically (its rerank=K; default "
+                        "100; 0: re-ranking off)")
     p.add_argument("--num-retrieved", type=non_negative_int, default=5,
                    help="keyframes retrieved per query (0: all map images)")
     p.add_argument("--max-places", type=positive_int, default=3, help="places tried per query (default 3)")
@@ -66,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
 
     limits = ServiceLimits(max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_pixels=args.max_pixels,
                            timeout_s=args.timeout, workers=args.workers, queue_size=args.queue,
-                           max_connections=args.max_connections, graceful_timeout_s=args.graceful_timeout)
+                           max_connections=args.max_connections, graceful_timeout_s=args.graceful_timeout,
+                           max_rerank=args.max_rerank)
     localizer = LocalizerConfig(num_retrieved=args.num_retrieved, max_places=args.max_places,
                                 min_inliers=args.min_inliers)
     config = ServiceConfig(Path(args.map), host=args.host, port=args.port, token_file=args.token_file, limits=limits,

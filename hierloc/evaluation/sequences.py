@@ -6,7 +6,8 @@ descriptors (after the same PCA) is matched as sequences of the N frames ending 
 result is added next to the single-frame one (method label `<method> + sequence N`), so tables, JSON and
 plots show both. Both image sets must be in the order they were recorded (a sequence is consecutive
 images), as Nordland's are; frames that repeat their predecessor (the vehicle stands still) are found
-from each set's own descriptors and left out of the sequences.
+from each set's own descriptors and left out of the sequences (in the reference set only runs of at least
+`DEFAULT_MIN_STOP` such frames; in the queries every one, which needs no later query).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 
 from ..index import PCA
 from ..sequences import (
+    DEFAULT_MIN_STOP,
     DEFAULT_QUERY_WINDOW,
     DEFAULT_STATIC_FRACTION,
     DEFAULT_VELOCITIES,
@@ -53,14 +55,14 @@ def sequence_evaluation(evaluation: Evaluation, length: int) -> list[Result]:
             reference, queries = pca.transform(reference), pca.transform(queries)
         begin = time.perf_counter()
         distances = descriptor_distances(queries, reference)
-        query_moving, reference_moving = moving_frames(queries), moving_frames(reference)
+        query_moving, reference_moving = moving_frames(queries), moving_frames(reference, min_stop=DEFAULT_MIN_STOP)
         k = result.ranking.rows.shape[1]
         ranked = sequence_rank(distances, length, k, query_moving=query_moving, reference_moving=reference_moving)
         seconds = time.perf_counter() - begin
         ranking = Ranking(ranked.rows, ranked.scores, result.ranking.search_dim, result.pca_dims, "sequence")
         info = {"base_method": result.method, "length": length, "window": DEFAULT_WINDOW,
                 "query_window": DEFAULT_QUERY_WINDOW, "velocities": list(DEFAULT_VELOCITIES),
-                "static_fraction": DEFAULT_STATIC_FRACTION,
+                "static_fraction": DEFAULT_STATIC_FRACTION, "min_stop": DEFAULT_MIN_STOP,
                 "repeated_query_frames": int((~query_moving).sum()),
                 "repeated_reference_frames": int((~reference_moving).sum()),
                 "ms_per_query": 1000 * seconds / max(1, len(queries))}

@@ -7,6 +7,7 @@ nothing is downloaded at run time.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +36,49 @@ class XFeatConfig(ExtractorConfig):
 
     detection_threshold: float = 0.05
     weights: str = "xfeat"
+    # XFeat's keypoints are integer pixels of the image it sees; `subpixel` refines each with a
+    # quadratic fit of its 3x3 heatmap neighbourhood (as SIFT refines its extrema). Strecha at 800 px,
+    # median position error: fountain 0.48 -> 0.36 cm, Herz-Jesus unchanged (0.76 -> 0.77 cm).
+    subpixel: bool = False
+
+
+def fuse_for_inference(network: torch.nn.Module) -> torch.nn.Module:
+    """An evaluation-mode copy of a CNN with each Conv2d + BatchNorm2d folded into one convolution, channels-last.
+
+    On a CPU, channels-last convolutions of XFeat's thin layers (1 to 128 channels) run in about
+    half the time of the default layout (oneDNN's blocked kernels), and folding the batch norms saves
+    one pass over every feature map; outputs agree with the original within float rounding (1e-5).
+    """
+    network = copy.deepcopy(network).eval()
+    for module in network.modules():
+        if not isinstance(module, torch.nn.Sequential):
+            continue
+        for i in range(len(module) - 1):
+            conv, norm = module[i], module[i + 1]
+            if isinstance(conv, torch.nn.Conv2d) and isinstance(norm, torch.nn.BatchNorm2d):
+                module[i] = torch.nn.utils.fuse_conv_bn_eval(conv, norm)
+                module[i + 1] = torch.nn.Identity()
+    return network.to(memory_format=torch.channels_last)
+
+
+def refine_peaks(heatmap: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """(N, 2) float (x, y) of integer peaks `positions` (N, 2) of an (H, W) heatmap, refined to subpixels.
+
+    Per axis, the vertex of the parabola through the peak and its two neighbours, limited to half a
+    pixel; peaks on the border or without a strict curvature stay where they are.
+    """
+    height, width = heatmap.shape
+    x, y = positions[:, 0].long(), positions[:, 1].long()
+    inside = (x > 0) & (x < width - 1) & (y > 0) & (y < height - 1)
+    xc, yc = x.clamp(1, width - 2), y.clamp(1, height - 2)
+    centre = heatmap[yc, xc]
+    offsets = []
+    for before, after in ((heatmap[yc, xc - 1], heatmap[yc, xc + 1]), (heatmap[yc - 1, xc], heatmap[yc + 1, xc])):
+        curvature = before - 2.0 * centre + after
+        safe = inside & (curvature < 0)
+        offset = 0.5 * (before - after) / torch.where(safe, curvature, torch.ones_like(curvature))
+        offsets.append(torch.where(safe, offset.clamp(-0.5, 0.5), torch.zeros_like(offset)))
+    return positions.float() + torch.stack(offsets, dim=1)
 
 
 class XFeat(_TorchExtractor):
@@ -53,16 +97,42 @@ class XFeat(_TorchExtractor):
         state_dict, source = read_weights(config.weights)
         load_state_dict(self.model.net, state_dict, source)
         self.model = self.model.eval().to(self.device)
+        self._network = fuse_for_inference(self.model.net)
 
     @property
     def descriptor_dim(self) -> int:
         """XFeat descriptors have 64 dimensions."""
         return 64
 
+    def describe_config(self) -> dict:
+        """As the base class; `subpixel` only when on, so feature and match files written before it stay valid."""
+        described = super().describe_config()
+        if not described["subpixel"]:
+            del described["subpixel"]
+        return described
+
     @torch.inference_mode()
     def _detect(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        out = self.model.detectAndCompute(self._tensor(image), top_k=self.config.max_keypoints)[0]
-        return {k: out[k].float().cpu().numpy() for k in ("keypoints", "descriptors", "scores")}
+        # kornia's detectAndCompute step by step, on the fused network: the image already has sides
+        # divisible by 32 (`size_multiple`), so kornia's resize to them would only copy it.
+        model, height, width = self.model, image.shape[0], image.shape[1]
+        tensor = self._tensor(image).contiguous(memory_format=torch.channels_last)
+        dense, logits, reliability = self._network(tensor)
+        heatmap = model._get_kpts_heatmap(logits)
+        positions = model._nms(heatmap, threshold=self.config.detection_threshold, kernel_size=5)
+        scores = (model._nearest(heatmap, positions, height, width)
+                  * model._bilinear(reliability, positions, height, width)).squeeze(-1)
+        scores[torch.all(positions == -1, dim=-1)] = -1
+        scores, order = torch.topk(scores, k=min(self.config.max_keypoints, scores.shape[-1]), dim=-1)
+        positions = positions[0, order[0]]
+        keep = scores[0] > 0
+        scores, positions = scores[0, keep], positions[keep]
+        descriptors = model.interpolator(torch.nn.functional.normalize(dense, dim=1), positions[None], H=height,
+                                         W=width)[0]
+        descriptors = torch.nn.functional.normalize(descriptors, dim=-1)
+        keypoints = refine_peaks(heatmap[0, 0], positions) if self.config.subpixel else positions.float()
+        return {"keypoints": keypoints.cpu().numpy(), "descriptors": descriptors.float().cpu().numpy(),
+                "scores": scores.float().cpu().numpy()}
 
 
 @dataclass

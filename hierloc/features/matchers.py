@@ -53,6 +53,17 @@ def _unmatched(n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.full(n, -1, np.int32), np.zeros(n, np.float32)
 
 
+def _on_cpu(values: np.ndarray | torch.Tensor) -> bool:
+    return not isinstance(values, torch.Tensor) or values.device.type == "cpu"
+
+
+def _as_array(values: np.ndarray | torch.Tensor) -> np.ndarray:
+    """float32 C-contiguous numpy array (a view of a CPU float32 tensor, without copying)."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().numpy() if values.dtype == torch.float32 else values.detach().float().numpy()
+    return np.ascontiguousarray(values, dtype=np.float32)
+
+
 def _as_tensor(values: np.ndarray | torch.Tensor) -> torch.Tensor:
     return values if isinstance(values, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(values,
                                                                                                  dtype=np.float32))
@@ -83,6 +94,8 @@ class MutualNearestNeighbor(Matcher):
             return _unmatched(n0)
         if self.config.backend == "faiss":
             sim01, nn01, mutual = self._search_faiss(np.asarray(descriptors0), np.asarray(descriptors1), need_two)
+        elif _on_cpu(descriptors0) and _on_cpu(descriptors1):
+            sim01, nn01, mutual = self._search_numpy(_as_array(descriptors0), _as_array(descriptors1), need_two)
         else:
             sim01, nn01, mutual = self._search_torch(descriptors0, descriptors1, need_two)
         return self._select(sim01, nn01, mutual)
@@ -148,6 +161,24 @@ class MutualNearestNeighbor(Matcher):
         matches0[rows] = nn01[rows, 0]
         scores0[rows] = best[rows]
         return matches0, scores0
+
+    @staticmethod
+    def _search_numpy(d0: np.ndarray, d1: np.ndarray, need_two: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The torch backend on a CPU: the same search, about twice as fast (a query's matching stage).
+
+        numpy's OpenBLAS product ran at twice the speed of torch's MKL one on the AMD EPYC of the
+        benchmarks, and torch's row maximum with indices is five times slower than numpy's argmax.
+        """
+        similarity = d0 @ d1.T
+        rows = np.arange(len(d0))
+        nearest = similarity.argmax(axis=1)
+        best = similarity[rows, nearest]
+        mutual = best >= similarity.max(axis=0)[nearest]
+        if not need_two:
+            return best[:, None], nearest[:, None], mutual
+        similarity[rows, nearest] = -np.inf  # the second nearest is then the row maximum
+        second = similarity.argmax(axis=1)
+        return np.stack([best, similarity[rows, second]], axis=1), np.stack([nearest, second], axis=1), mutual
 
     @staticmethod
     def _search_torch(d0, d1, need_two: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -23,6 +23,9 @@ FEATURE_CONFS: dict[str, tuple[str, ExtractorConfig]] = {
     "sift-l2": ("sift", SIFTConfig(root_sift=False)),
     "sift-pycolmap": ("sift", SIFTConfig(backend="pycolmap")),
     "xfeat": ("xfeat", XFeatConfig()),
+    # The CPU fast path: XFeat's cost grows with the pixels (a 1536x1024 frame is 5 VGA frames), so
+    # large frames are described at 800 px with subpixel keypoints (bench/localize.py, issue 15).
+    "xfeat-fast": ("xfeat", XFeatConfig(max_keypoints=2048, resize_max=800, subpixel=True)),
     "aliked": ("aliked", ALIKEDConfig()),
     "aliked-n32": ("aliked", ALIKEDConfig(model="aliked-n32")),
     "aliked-t16": ("aliked", ALIKEDConfig(model="aliked-t16")),

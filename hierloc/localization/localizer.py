@@ -122,6 +122,11 @@ class _Described:
     features: LocalFeatures
     timings: dict[str, float]
 
+    @property
+    def network_seconds(self) -> float:
+        """Wall clock of the network stages of this query."""
+        return self.timings["retrieval"] + self.timings["local_features"]
+
 
 @dataclass
 class _Target:
@@ -302,16 +307,17 @@ class Localizer:
                 best = (inliers, place, q_idx, p_rows, provenance, estimate)
             if inliers >= self.config.min_inliers:
                 break
-        # The query's own latency, whether or not its network stages overlapped with another query's.
-        timings["total"] = timings["retrieval"] + timings["local_features"] + time.perf_counter() - start
         result.timings = timings
         if best is None:
             result.message = "no retrieved map image observes 3-D points" if not places else "no correspondences"
+            timings["total"] = described.network_seconds + time.perf_counter() - start
             return result
         inliers, place, q_idx, p_rows, provenance, estimate = best
         result.num_inliers, result.num_correspondences, result.place = inliers, int(len(q_idx)), list(place)
         if estimate is not None:  # kept for failures too: pictures of a failure show what RANSAC agreed on
             result.inlier_matches = _inlier_matches(self.scene, q_idx, p_rows, estimate["inlier_mask"], provenance)
+        # The query's own latency, whether or not its network stages overlapped with another query's.
+        timings["total"] = described.network_seconds + time.perf_counter() - start
         if estimate is None or inliers < self.config.min_inliers:
             result.message = (f"best place has {inliers} inliers of {len(q_idx)} correspondences, fewer than "
                               f"min_inliers={self.config.min_inliers}")
@@ -372,11 +378,13 @@ class Localizer:
 def _inlier_matches(scene: SceneMap, q_idx: np.ndarray, p_rows: np.ndarray, inlier_mask: np.ndarray,
                     provenance: list) -> dict[str, np.ndarray]:
     """Per map image, the (query keypoint, map keypoint) matches whose 2D-3D correspondence is a PnP inlier."""
-    inlier_set = {(int(q), int(p)) for q, p, ok in zip(q_idx, p_rows, inlier_mask) if ok}
+    # A (query keypoint, 3-D point) pair as one integer, so that membership is one vectorised np.isin.
+    stride = np.int64(max(scene.num_points, 1))
+    inlier_keys = np.asarray(q_idx, np.int64)[inlier_mask] * stride + np.asarray(p_rows, np.int64)[inlier_mask]
     out = {}
     for map_name, q, kp in provenance:
         rows = scene.point_index[map_name][kp]
-        keep = np.array([(int(a), int(b)) in inlier_set for a, b in zip(q, rows)], dtype=bool)
+        keep = np.isin(np.asarray(q, np.int64) * stride + rows, inlier_keys) & (rows >= 0)
         out[map_name] = np.stack([q[keep], kp[keep]], axis=1) if keep.any() else np.zeros((0, 2), np.int64)
     return out
 

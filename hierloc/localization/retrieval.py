@@ -35,6 +35,10 @@ class GlobalConfig:
     search_params: dict[str, dict] = field(default_factory=dict)
     pca_dims: int | None = None
     index: str | None = None
+    # Longest image side the network sees (None: the describer's own, 640 px for networks). It is
+    # part of the describer's identity, so queries of the map are prepared the same way; the
+    # network's time per query grows with the square of it.
+    resize_max: int | None = None
 
     @property
     def enabled(self) -> bool:
@@ -54,7 +58,10 @@ def global_describer(config: GlobalConfig, adaptation_images: Callable[[], Seque
     if config.index is not None:
         return make_describer(config.index, device=device)
     # Tracing pays off only over many images; the map's describer describes each map image once.
-    return make_describer(config.model, config.weights, device=device, adaptation_images=adaptation_images)
+    describer = make_describer(config.model, config.weights, device=device, adaptation_images=adaptation_images)
+    if config.resize_max is not None:
+        describer.preprocessing = describer.preprocessing.with_overrides(resize_max=config.resize_max)
+    return describer
 
 
 def describe_prepared_images(describer: Describer, images: Sequence[np.ndarray], progress: bool = True,

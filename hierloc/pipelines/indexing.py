@@ -385,6 +385,19 @@ def query_index(config: QueryConfig) -> QueryResult:
     return result
 
 
+def rerank_hits(reranker, image: np.ndarray, hits: list[QueryHit], k: int) -> tuple[list[QueryHit], Any]:
+    """The hits (global order) with their first `k` re-sorted by `reranker` (a GeometricReranker), in place:
+    each gets its new rank, its global rank and, among the first `k`, its inliers; (new order, RerankResult)."""
+    outcome = reranker.rerank(image, [h.name for h in hits], [h.distance for h in hits], k=k)
+    reordered = []
+    for rank, candidate in enumerate(outcome.candidates):
+        hit = hits[candidate.global_rank]
+        hit.rank, hit.global_rank = rank, candidate.global_rank
+        hit.inliers = candidate.inliers if candidate.global_rank < k else None
+        reordered.append(hit)
+    return reordered, outcome
+
+
 def _rerank_queries(reranker, queries: list[dict[str, Any]], config: QueryConfig) -> dict[str, Any]:
     """Re-sort each query's hits by verified local matches (in place); the summary for QueryResult.rerank."""
     from ..utils.images import read_image
@@ -394,15 +407,8 @@ def _rerank_queries(reranker, queries: list[dict[str, Any]], config: QueryConfig
         [hit.name for q in queries for hit in q["results"][: config.rerank.k]])
     stages: dict[str, list[float]] = {}
     for query in tqdm(queries, desc="re-ranking", unit="img", disable=not config.progress or len(queries) < 2):
-        hits = query["results"]
-        outcome = reranker.rerank(read_image(query["path"]), [h.name for h in hits], [h.distance for h in hits])
-        reordered = []
-        for rank, candidate in enumerate(outcome.candidates):
-            hit = hits[candidate.global_rank]
-            hit.rank, hit.global_rank = rank, candidate.global_rank
-            hit.inliers = candidate.inliers if candidate.global_rank < config.rerank.k else None
-            reordered.append(hit)
-        query["results"] = reordered
+        query["results"], outcome = rerank_hits(reranker, read_image(query["path"]), query["results"],
+                                                config.rerank.k)
         query["rerank"] = {"conclusive": outcome.conclusive,
                            "timings_ms": {key: 1e3 * value for key, value in outcome.timings.items()}}
         for key, value in outcome.timings.items():

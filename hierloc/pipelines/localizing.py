@@ -139,6 +139,7 @@ class LocalizeConfig:
     threads: int | None = None  # CPU threads of torch/OpenCV/faiss; None: all usable cores
     overlap: bool | None = None  # decode/describe the next queries while posing one; None: on GPUs only
     sequence: bool = False  # the queries are a stream in order: track around the previous pose (Tracker)
+    tracking: TrackingConfig | None = None  # the Tracker's options with `sequence` (None: TrackingConfig())
     progress: bool = True  # a progress bar over the queries (stderr)
 
 
@@ -399,7 +400,7 @@ def localize_queries(config: LocalizeConfig,
         on_start(LocalizeStart(summary, load_seconds, len(queries)))
 
     if config.sequence:
-        results = track_sequence(localizer, queries, progress=config.progress)
+        results = track_sequence(localizer, queries, progress=config.progress, tracking=config.tracking)
     else:
         results = localizer.localize_many(queries, progress=config.progress, overlap=config.overlap)
     run = LocalizeRun(Path(config.map), summary, load_seconds, results, summarize_timings(results), out=out)

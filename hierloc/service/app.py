@@ -13,6 +13,11 @@ Content-Type image/jpeg, image/png or application/octet-stream, or the `image` f
 parameters as query parameters or form fields, see `hierloc.service.params`), `GET /health`, `GET /v1/map`,
 `GET /metrics` (Prometheus text). Errors are JSON `{"error": "one line", "status": N}` with a 4xx/5xx code.
 
+`/v1/localize?prior=...` localizes against the keyframes nearest to the prior pose and falls back to global
+retrieval (`hierloc.localization.tracking.localize_with_prior`); `/v1/retrieve?rerank=K` re-sorts the top K
+keyframes by verified local matches with the map's own features (`hierloc.reranking`, the reranker of
+`hierloc query --rerank`, built once per service; see `LocalizationService.reranker`).
+
 A request's path through the limits (`ServiceLimits`): it is admitted to the pool (`BoundedPool`;
 503 + Retry-After at once when full), its body is read up to `max_body_bytes` (413; Content-Length is
 checked before reading), the image header's declared size is checked against `max_pixels` (413) before
@@ -26,9 +31,10 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import threading
 import time
 from contextlib import asynccontextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any, AsyncIterator, Mapping
 
 from fastapi import FastAPI, Request
@@ -51,6 +57,7 @@ from .sessions import SessionTable
 
 if TYPE_CHECKING:
     from ..localization import LocalizationResult, Localizer
+    from ..reranking import GeometricReranker
     from .config import ServiceConfig
 
 logger = logging.getLogger(__name__)
@@ -184,6 +191,51 @@ class LocalizationService:
         scene = localizer.scene
         self.retrieval_on = scene.global_index is not None and localizer.config.num_retrieved > 0
         self.sessions = SessionTable(localizer, self.limits.max_sessions, self.limits.session_idle_s)
+        self._reranker: GeometricReranker | None = None
+        self._reranker_error: str | None = None
+        self._reranker_lock = threading.Lock()
+        if config.warm_up and self.retrieval_on and self.limits.max_rerank > 0:
+            self.reranker(required=False)  # built before the first request that asks for it
+
+    # ------------------------------------------------------------------ re-ranking
+
+    def reranker(self, required: bool = True) -> GeometricReranker | None:
+        """The geometric reranker of /v1/retrieve, built once (thread-safe) on first use.
+
+        It is `hierloc query --rerank`'s, through `reranker_for_index` on the map's global index: the map's
+        own features.h5 are the reference features, so its features are the map's family; the options
+        come from `config.rerank`. When it cannot be built (e.g. missing matcher weights), the reason is
+        kept and every request that asks for re-ranking gets it (409); with `required`, as an ApiError.
+        """
+        with self._reranker_lock:
+            if self._reranker is None and self._reranker_error is None:
+                try:
+                    self._reranker = self._build_reranker()
+                except (ValueError, OSError, RuntimeError) as exc:
+                    self._reranker_error = " ".join(str(exc).split())[:300]
+                    logger.warning("geometric re-ranking is unavailable: %s", self._reranker_error)
+        if self._reranker is None and required:
+            raise ApiError(409, f"geometric re-ranking is unavailable on this map: {self._reranker_error}",
+                           failure="no_rerank")
+        return self._reranker
+
+    def _build_reranker(self) -> GeometricReranker:
+        from ..features import feature_family
+        from ..localization.scene_map import GLOBAL_INDEX_FILE
+        from ..reranking import RerankConfig, reranker_for_index
+
+        scene = self.localizer.scene
+        folder = scene.root if scene.root is not None else self.config.map
+        base = self.config.rerank or RerankConfig()
+        config = replace(base, k=max(1, self.limits.max_rerank), features=feature_family(scene.feature_config),
+                         device=self.config.device)
+        return reranker_for_index(folder / GLOBAL_INDEX_FILE, config)
+
+    def close(self) -> None:
+        """Stop the reranker's threads (after the pool has finished its jobs)."""
+        with self._reranker_lock:
+            if self._reranker is not None:
+                self._reranker.close()
 
     # ------------------------------------------------------------------ reading a request
 
@@ -264,7 +316,7 @@ class LocalizationService:
         if not data:
             raise ApiError(400, "empty image: the body holds no bytes")
         try:
-            params = parse_params(values, allowed, self.limits.max_k)
+            params = parse_params(values, allowed, self.limits.max_k, self.limits.max_rerank)
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
         return data, params
@@ -317,19 +369,51 @@ class LocalizationService:
         except ValueError as exc:
             raise ApiError(400, f"parameter 'camera': {exc}") from None
         image, decode_s = self._decode(data)
-        if params.session_id is not None:  # a stream: track around the session's previous pose
-            result = self.sessions.tracker(params.session_id).track(image, camera, params.name)
+        prior = params.prior_pose()
+        if params.session_id is not None:  # a stream: track around the session's previous pose (or the prior)
+            result = self.sessions.tracker(params.session_id).track(image, camera, params.name, prior=prior)
+        elif prior is not None:  # the keyframes near the prior, global retrieval when that fails
+            from ..localization.tracking import localize_with_prior
+
+            result = localize_with_prior(self.localizer, image, camera, params.name, prior)
         else:
             result = self.localizer.localize(image, camera, params.name)
         return result, {"queue": queue_s, "decode": decode_s}
 
     def _retrieve_job(self, data: bytes, params: QueryParams, header: Any, admitted_at: float
-                      ) -> tuple[list[str], dict[str, float]]:
+                      ) -> tuple[dict[str, Any], dict[str, float]]:
         queue_s = time.perf_counter() - admitted_at
+        reranker = self.reranker() if params.rerank else None  # 409 before any work when it cannot be built
         image, decode_s = self._decode(data)
         t0 = time.perf_counter()
-        names = self.localizer.retrieve(image, k=params.k)
-        return names, {"queue": queue_s, "decode": decode_s, "retrieval": time.perf_counter() - t0}
+        if reranker is None:
+            names = self.localizer.retrieve(image, k=params.k)
+            return {"retrieved": names}, {"queue": queue_s, "decode": decode_s,
+                                          "retrieval": time.perf_counter() - t0}
+        from ..pipelines.indexing import rerank_hits
+
+        k = min(params.k or self.localizer.config.num_retrieved, len(self.localizer.scene))
+        hits = self._retrieve_hits(image, max(k, params.rerank))
+        retrieval_s = time.perf_counter() - t0
+        hits, outcome = rerank_hits(reranker, image, hits, params.rerank)
+        hits = hits[:k]
+        answer = {"retrieved": [hit.name for hit in hits], "results": [hit.to_json() for hit in hits],
+                  "rerank": {"k": params.rerank, "conclusive": outcome.conclusive,
+                             "timings_ms": {key: 1e3 * value for key, value in outcome.timings.items()}}}
+        return answer, {"queue": queue_s, "decode": decode_s, "retrieval": retrieval_s,
+                        "rerank": outcome.timings.get("total", 0.0)}
+
+    def _retrieve_hits(self, image: Any, k: int) -> list:
+        """The top-k keyframes with their distances (`QueryHit`s, as `hierloc query` reports them).
+
+        `Localizer.retrieve` gives the names only; the distances come from the same describer and search.
+        """
+        from ..pipelines.indexing import QueryHit
+
+        localizer = self.localizer
+        descriptor = localizer._global.describe(image)
+        hits = localizer._retriever.retrieve(descriptor, k=min(k, len(localizer.scene)))[0]
+        return [QueryHit.from_retrieval(hit) for hit in hits]
 
     # ------------------------------------------------------------------ the routes
 
@@ -353,8 +437,8 @@ class LocalizationService:
             raise ApiError(409, "this map has no global index (or retrieval is off): nothing to retrieve",
                            failure="no_retrieval")
         start = time.perf_counter()
-        params, (names, timings) = await self._admitted(request, RETRIEVE_PARAMS, self._retrieve_job)
-        return {"name": params.name, "retrieved": names, "k": len(names),
+        params, (answer, timings) = await self._admitted(request, RETRIEVE_PARAMS, self._retrieve_job)
+        return {"name": params.name, **answer, "k": len(answer["retrieved"]),
                 "timings_s": {**timings, "service": time.perf_counter() - start}, **params.echo()}
 
     def map_info(self) -> dict[str, Any]:
@@ -365,7 +449,16 @@ class LocalizationService:
                 "features": scene.feature_config, "matcher": scene.matcher_config,
                 "global_model": scene.global_model, "retrieval": self.retrieval_on,
                 "localizer": asdict(self.localizer.config), "device": str(self.localizer.device),
+                "rerank": self._rerank_info(),
                 "limits": self.limits.to_json(), "hierloc_version": __version__}
+
+    def _rerank_info(self) -> dict[str, Any] | None:
+        """The reranker's options and reference features, why it is unavailable, or None before its first use."""
+        if self._reranker is not None:
+            references = self._reranker.references.path
+            return {"config": self._reranker.config.to_json(),
+                    "reference_features": None if references is None else str(references)}
+        return None if self._reranker_error is None else {"error": self._reranker_error}
 
     def health(self) -> dict[str, Any]:
         """GET /health."""
@@ -383,6 +476,7 @@ def create_app(localizer: Localizer, config: ServiceConfig, token: str | None = 
         yield
         # uvicorn has let the requests in flight finish; the workers finish what they still run.
         service.pool.shutdown(wait=True)
+        service.close()
 
     app = FastAPI(title="hierloc visual positioning service", version=__version__, lifespan=lifespan,
                   default_response_class=StrictJSONResponse,
@@ -423,7 +517,10 @@ def create_app(localizer: Localizer, config: ServiceConfig, token: str | None = 
     @app.post("/v1/retrieve", summary="top-k keyframes of one image", responses={**_ERRORS_DOC, 409: _ERROR_DOC},
               openapi_extra=_image_body_doc(RETRIEVE_PARAMS))
     async def retrieve(request: Request) -> Any:
-        """The map's keyframes most similar to an encoded image, best first (global retrieval only)."""
+        """The map's keyframes most similar to an encoded image, best first: by global descriptor, or with
+        `rerank=K` the top K re-sorted by RANSAC inliers of local matches (`results`: each keyframe's rank,
+        distance, inliers, global_rank; `rerank.conclusive`: false when no candidate was verified and the
+        global order was kept)."""
         return StrictJSONResponse(await service.retrieve(request))
 
     @app.get("/v1/map", summary="what is loaded")

@@ -36,6 +36,7 @@ class ServiceLimits:
     retry_after_s: int = 1  # the Retry-After of a 503 when the queue is full
     graceful_timeout_s: float = 60.0  # on SIGTERM/SIGINT: how long requests in flight may take to finish
     max_k: int = 100  # keyframes /v1/retrieve returns at most
+    max_rerank: int = 100  # keyframes /v1/retrieve may re-rank geometrically (its `rerank` parameter) at most
     max_sessions: int = 256  # tracked client streams (session_id) kept at once; the least recently used goes
     session_idle_s: float = 300.0  # a session without a frame for this long is forgotten
 
@@ -58,7 +59,7 @@ class ServiceLimits:
         return {"max_body_bytes": self.max_body_bytes, "max_pixels": self.max_pixels, "timeout_s": self.timeout_s,
                 "workers": self.resolved_workers(), "queue_size": self.resolved_queue_size(),
                 "max_connections": self.resolved_max_connections(), "retry_after_s": self.retry_after_s,
-                "graceful_timeout_s": self.graceful_timeout_s, "max_k": self.max_k}
+                "graceful_timeout_s": self.graceful_timeout_s, "max_k": self.max_k, "max_rerank": self.max_rerank}
 
 
 @dataclass
@@ -76,6 +77,10 @@ class ServiceConfig:
     threads: int | None = None  # torch/OpenCV/faiss threads per worker; None: usable cores / workers (at least 1)
     warm_up: bool = True  # run the networks on a blank frame before listening, so the first request is not slow
     access_log: bool = False  # uvicorn's line per request
+    # /v1/retrieve's geometric re-ranking: a hierloc.reranking.RerankConfig of the options (matcher, geometry,
+    # thresholds, keypoints); its k and features are set by the service (each request's K; the map's own
+    # features.h5 as the reference features, so the map's feature family). None: RerankConfig's defaults.
+    rerank: Any = None
 
     def resolved_threads(self) -> int:
         """Threads per worker: `threads`, or the usable cores shared among the workers (at least 1)."""

@@ -18,7 +18,7 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0
 # The `reason` label of hierloc_failures_total: a fixed set, never text from a request.
 FAILURE_REASONS = ("bad_request", "unauthorized", "not_found", "method_not_allowed", "payload_too_large",
                    "unsupported_media_type", "too_many_pixels", "overloaded", "timeout", "not_localized",
-                   "no_retrieval", "internal")
+                   "no_retrieval", "no_rerank", "internal")
 
 
 class ServiceMetrics:

@@ -20,6 +20,7 @@ MAX_PARAM_CHARS = 512
 _SESSION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _NAME = re.compile(r"[\w.:/@+-]{1,256}")
 _CAMERA_MODEL = re.compile(r"[A-Za-z_]+")
+_DIGITS = re.compile(r"[0-9]{1,9}")
 
 # name -> (OpenAPI type, description); shared by the OpenAPI description and the check for unknown parameters.
 LOCALIZE_PARAMS: dict[str, tuple[str, str]] = {
@@ -29,8 +30,9 @@ LOCALIZE_PARAMS: dict[str, tuple[str, str]] = {
     "fy": ("number", "focal length in y (pixels; default fx)"),
     "cx": ("number", "principal point x (pixels; default width / 2)"),
     "cy": ("number", "principal point y (pixels; default height / 2)"),
-    "prior": ("string", "prior pose 'qw qx qy qz tx ty tz' (world-to-camera, hloc); checked and echoed, "
-                        "not yet used to localize"),
+    "prior": ("string", "prior pose 'qw qx qy qz tx ty tz' (world-to-camera, hloc): the image is localized against "
+                        "the keyframes nearest to it (retrieval_path 'prior'), through global retrieval when that "
+                        "fails (retrieval_path 'global'); a session that is tracking uses its previous pose instead"),
     "timestamp": ("number", "capture time (seconds); echoed"),
     "session_id": ("string", "a client's stream ([A-Za-z0-9._:-], at most 128 characters): its frames are "
                              "tracked around the previous pose; echoed"),
@@ -38,6 +40,9 @@ LOCALIZE_PARAMS: dict[str, tuple[str, str]] = {
 }
 RETRIEVE_PARAMS: dict[str, tuple[str, str]] = {
     "k": ("integer", "keyframes to return (default: the localizer's num_retrieved)"),
+    "rerank": ("integer", "geometric re-ranking: the top K keyframes by global descriptor are re-sorted by RANSAC "
+                          "inliers of their local matches with the image (0, the default: off); each result then "
+                          "has its inliers and global_rank, and 'rerank' says whether verification was conclusive"),
     "timestamp": LOCALIZE_PARAMS["timestamp"],
     "session_id": LOCALIZE_PARAMS["session_id"],
     "name": LOCALIZE_PARAMS["name"],
@@ -55,6 +60,7 @@ class QueryParams:
     timestamp: float | None = None
     session_id: str | None = None
     k: int | None = None
+    rerank: int = 0  # re-rank the top `rerank` keyframes (0: off)
 
     def camera_for(self, width: int, height: int) -> Camera | None:
         """The query camera for an image of width x height; ValueError when the given camera has another size."""
@@ -67,6 +73,14 @@ class QueryParams:
         if self.camera is not None and (self.camera.width, self.camera.height) != (width, height):
             raise ValueError(f"camera is {self.camera.width}x{self.camera.height} but the image {width}x{height}")
         return self.camera
+
+    def prior_pose(self) -> np.ndarray | None:
+        """The prior as a 4x4 T_cam_world (None without one)."""
+        if self.prior is None:
+            return None
+        from ..maps.poses import make_pose, qvec_to_rotmat
+
+        return make_pose(qvec_to_rotmat(np.asarray(self.prior[:4])), np.asarray(self.prior[4:]))
 
     def echo(self) -> dict[str, Any]:
         """What the answer repeats of the request."""
@@ -106,10 +120,24 @@ def _prior(text: str) -> list[float]:
         raise ValueError(f"parameter 'prior': expected 7 numbers 'qw qx qy qz tx ty tz', got {len(values)}")
     if np.linalg.norm(values[:4]) < 1e-6:
         raise ValueError("parameter 'prior': the quaternion is zero")
+    from ..maps.poses import qvec_to_rotmat
+
+    try:
+        qvec_to_rotmat(np.asarray(values[:4]))
+    except ValueError as exc:
+        raise ValueError(f"parameter 'prior': {exc}") from None
     return values
 
 
-def parse_params(values: Mapping[str, str], allowed: Mapping[str, tuple[str, str]], max_k: int = 100) -> QueryParams:
+def _count(key: str, text: str, low: int, high: int) -> int:
+    """An integer from `low` to `high` written in ASCII digits (not '1.0', '+1', '1e3', or other scripts' digits)."""
+    if not _DIGITS.fullmatch(text) or not low <= int(text) <= high:
+        raise ValueError(f"parameter {key!r}: an integer from {low} to {high}, got {text[:40]!r}")
+    return int(text)
+
+
+def parse_params(values: Mapping[str, str], allowed: Mapping[str, tuple[str, str]], max_k: int = 100,
+                 max_rerank: int = 100) -> QueryParams:
     """Typed parameters from strings; ValueError (one line) for unknown, malformed or out-of-range ones."""
     unknown = sorted(set(values) - set(allowed))
     if unknown:
@@ -142,8 +170,7 @@ def parse_params(values: Mapping[str, str], allowed: Mapping[str, tuple[str, str
     if "camera" in values:
         params.camera = _camera(values["camera"])
     if "k" in values:
-        text = values["k"]
-        if not text.strip().isdigit() or not 1 <= int(text) <= max_k:
-            raise ValueError(f"parameter 'k': an integer from 1 to {max_k}, got {text[:40]!r}")
-        params.k = int(text)
+        params.k = _count("k", values["k"].strip(), 1, max_k)
+    if "rerank" in values:
+        params.rerank = _count("rerank", values["rerank"].strip(), 0, max_rerank)
     return params

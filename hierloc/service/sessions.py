@@ -2,7 +2,8 @@
 
 A client that sends `session_id` with each frame of a stream gets tracking: its frames are localized
 around the previous pose (no global describer, no search) while tracking holds, and through global
-retrieval when lost (`retrieval_path` in the answer). Sessions are kept in a least-recently-used
+retrieval when lost (`retrieval_path` in the answer); a frame with a `prior` and nothing to track from
+is localized near the prior first ("prior"). Sessions are kept in a least-recently-used
 table of at most `max_sessions`; one idle for `idle_s` is forgotten; frames of one session are
 localized one at a time (the Tracker serialises them), frames of different sessions in parallel.
 """

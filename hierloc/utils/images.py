@@ -94,6 +94,10 @@ def to_grayscale(image: np.ndarray) -> np.ndarray:
         return image
     if image.ndim == 3 and image.shape[2] == 1:
         return image[:, :, 0]
+    if image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
+        # OpenCV's fixed-point version of the same weights: 0.3 ms instead of 10 ms for a 1536x1024 frame
+        # (a query's budget is 100 ms); it rounds 0.14 % of all RGB triples one level off the float formula.
+        return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
     gray = image[..., 0] * 0.299 + image[..., 1] * 0.587 + image[..., 2] * 0.114
     if np.issubdtype(image.dtype, np.integer):
         gray = np.round(gray).astype(image.dtype)
