@@ -3,7 +3,8 @@
 Builds the 3-D map of the day mission (SIFT, triangulated from its poses, the default global
 describer) and localizes the dusk mission's frames in order three times: each frame independently
 (global retrieval -> places -> matching -> PnP), as one stream through `hierloc.localization.Tracker`
-(around the previous pose while tracking holds, global retrieval when lost), and through the Tracker with
+(around the previous pose while tracking holds, the pose estimated again on its inliers with a 3 px threshold,
+global retrieval when lost or when that check fails), and through the Tracker with
 optical flow on ("tracking + flow": the previous frame's inlier keypoints followed by Lucas-Kanade flow and
 PnP on their 3-D points, full localizations in between). Reports per-frame median and mean time (wall clock
 and process CPU time: other jobs on the machine slow the wall clock, so read ratios), localized frames, pose

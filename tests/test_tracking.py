@@ -9,7 +9,7 @@ import pytest
 from hierloc.evaluation.pose_errors import pose_errors
 from hierloc.localization import GlobalConfig, Localizer, LocalizerConfig, MapBuildConfig, build_scene_map
 from hierloc.localization.localizer import LocalizationResult
-from hierloc.localization.tracking import Tracker, TrackingConfig
+from hierloc.localization.tracking import Tracker, TrackingConfig, keyframe_spacing
 from hierloc.maps.synthetic import APPEARANCES, SyntheticWorld, make_synthetic_map, mission_name
 from hierloc.maps.types import Keyframe, Map
 
@@ -146,3 +146,80 @@ def test_a_jump_or_a_blank_frame_falls_back_from_flow(stretch_and_localizer):
     assert not lost.success and lost.retrieval_path == "global" and not tracker.tracking
     after = frames[2]
     assert tracker.track(after.load_image(), after.camera, after.name).retrieval_path == "global"
+
+
+# ---------------------------------------------------------------------------------------------- checks of tracked poses
+def _tracked_attempts(localizer: Localizer) -> list[LocalizationResult]:
+    """Records the results of the localizer's calls with candidates (the tracking attempts), as the check left them."""
+    attempts: list[LocalizationResult] = []
+    original = localizer.localize
+
+    def recording(*args, **kwargs):
+        result = original(*args, **kwargs)
+        if kwargs.get("candidates") is not None:
+            attempts.append(result)
+        return result
+
+    localizer.localize = recording
+    return attempts
+
+
+def test_keyframe_spacing_is_the_maps_own_scale(stretch_and_localizer):
+    _, localizer = stretch_and_localizer
+    centres = np.stack([image.pose[:3, 3] for image in localizer.scene.images])
+    distances = np.linalg.norm(centres[:, None] - centres[None], axis=2)
+    np.fill_diagonal(distances, np.inf)
+    assert keyframe_spacing(localizer.scene) == pytest.approx(np.median(distances.min(axis=1)))
+    assert 0.15 < Tracker(localizer).keyframe_spacing < 0.35  # 23 cm between frames of the stretch
+
+
+def test_tracked_poses_are_estimated_again_within_the_tighter_threshold(stretch_and_localizer):
+    frames, localizer = stretch_and_localizer
+    tracker = Tracker(localizer)
+    scene = localizer.scene
+    for keyframe in frames[:4]:
+        result = tracker.track(keyframe.load_image(), keyframe.camera, keyframe.name)
+    assert result.retrieval_path == "tracking" and result.success
+    assert _errors(result, frames[3])[0] < 0.03
+    # Every inlier the tracker keeps (and tracks the next frame from) projects within the threshold (plus the
+    # slack of the non-linear refinement after RANSAC).
+    for map_name, pairs in result.inlier_matches.items():
+        points = scene.points_xyz[scene.point_index[map_name][pairs[:, 1]]]
+        in_camera = points @ result.T_cam_world[:3, :3].T + result.T_cam_world[:3, 3]
+        projected = in_camera @ result.camera.K.T
+        projected = projected[:, :2] / projected[:, 2:]
+        residuals = np.linalg.norm(projected - result.query_keypoints[pairs[:, 0]], axis=1)
+        assert residuals.max() < TrackingConfig().max_reprojection_px + 1.0, map_name
+
+
+def test_a_tracked_pose_with_too_few_inliers_within_the_threshold_falls_back_to_global(stretch_and_localizer):
+    frames, localizer = stretch_and_localizer
+    tracker = Tracker(localizer, TrackingConfig(max_reprojection_px=0.01))  # almost no match is that close
+    attempts = _tracked_attempts(localizer)
+    try:
+        results = [tracker.track(kf.load_image(), kf.camera, kf.name) for kf in frames[:3]]
+    finally:
+        del localizer.localize
+    assert [r.retrieval_path for r in results] == ["global"] * 3 and all(r.success for r in results)
+    assert len(attempts) == 2 and all("px" in a.message and not a.success for a in attempts), [
+        a.message for a in attempts]
+
+
+def test_a_tracked_pose_that_jumps_falls_back_to_global(stretch_and_localizer):
+    frames, localizer = stretch_and_localizer
+    pair = frames[8:10]  # one frame apart: about one keyframe spacing
+    tracker = Tracker(localizer)
+    paths = [tracker.track(kf.load_image(), kf.camera, kf.name).retrieval_path for kf in pair]
+    assert paths == ["global", "tracking"]
+    # The same step against a limit of a tenth of the keyframe spacing: the tracked pose is refused, global serves.
+    tracker = Tracker(localizer, TrackingConfig(max_jump_keyframe_spacings=0.1))
+    attempts = _tracked_attempts(localizer)
+    try:
+        results = [tracker.track(kf.load_image(), kf.camera, kf.name) for kf in pair]
+    finally:
+        del localizer.localize
+    assert [r.retrieval_path for r in results] == ["global", "global"] and results[1].success
+    assert _errors(results[1], pair[1])[0] < 0.03
+    assert len(attempts) == 1 and "keyframe spacing" in attempts[0].message and not attempts[0].success
+    tracker.reset()
+    assert not tracker.tracking

@@ -22,7 +22,11 @@ Three paths, cheapest first, as visual odometry systems do:
   see the same scene (after flow frames: the map images nearest to the last flow pose, `keyframes_near_pose`,
   since the camera may have left the scene the last full localization saw). This skips the global describer
   and the search. A tracked pose with fewer inliers than the localizer needs, or than `min_inlier_ratio` of
-  the last full localization's, is a failure.
+  the last full localization's, is a failure. The pose is then estimated again on its inliers with a tighter PnP
+  RANSAC threshold (`max_reprojection_px`; with the localizer's 12 px, poses 15-60 cm off passed), and is a
+  failure when fewer than `min_inlier_ratio` of them (or than the localizer needs) stay, or when the camera
+  moved more than `max_jump_keyframe_spacings` times the map's keyframe spacing (`keyframe_spacing`) from the
+  previous pose.
 - "global": the same frame is localized again through global retrieval, and tracking restarts from the next
   success. The time of failed attempts counts in the frame's total.
 
@@ -64,12 +68,23 @@ class TrackingConfig:
     # nearby keyframes can pass the localizer's absolute threshold and still be centimetres off (seen on the
     # demo world: 28 inliers and 3.1 cm where global retrieval gave 182 inliers and 0.18 cm).
     min_inlier_ratio: float = 0.5
+    # PnP RANSAC threshold of tracked poses, pixels: the tracked pose is estimated again on the localizer's inliers
+    # (12 px, hloc's) with this threshold, and a frame where fewer than `min_inlier_ratio` of them stay is a failure.
+    # On bench/tracking.py (320x240) tracked poses 15-60 cm off passed with 89-97 % of their correspondences inside
+    # 12 px: among nearby keyframes, matches a few pixels off agree with a wrong pose. With 3 px, translation error
+    # median / p95 / max went from 0.52 / 15.6 / 61 cm to 0.48 / 1.2 / 3.5 (independent localization: 0.46 / 1.7 /
+    # 22) at the same speed. None: keep the localizer's pose.
+    max_reprojection_px: float | None = 3.0
+    # A tracked pose whose camera centre moved more than this many map keyframe spacings (median distance between
+    # neighbouring keyframe centres: maps need not be metric) from the previous pose is a failure: a stream moves
+    # little between frames (on the benchmark the worst tracked pose, 61 cm off, had jumped 3 spacings). None: off.
+    max_jump_keyframe_spacings: float | None = 2.0
     max_prior_angle_deg: float = 90.0  # keyframes near a prior pose look within this angle of its direction
     # Optical flow ("flow" path): follow the previous frame's inlier keypoints instead of extracting features.
-    # Off by default: on bench/tracking.py it makes a stream 5.2x faster per frame than independent localization
-    # (mean; tracking alone: 2.0x) with a much lower 95th percentile and maximum error, but a higher median
-    # (0.64 cm against 0.52: about 100 points followed where a full localization has 150-400 inliers); with
-    # flow_refresh_frames=1, 3.7x at tracking's median translation error but a higher median rotation error.
+    # Off by default: on bench/tracking.py it makes a stream 11x faster per frame than independent localization
+    # (median; tracking alone: 1.9x) but less accurate than tracking (with its 3 px check): translation error
+    # median / p95 / max 0.64 / 2.1 / 13 cm against 0.48 / 1.2 / 3.5 (about 100 points followed where a full
+    # localization has 150-400 inliers); with flow_refresh_frames=1, 2.8x at 0.50 / 1.7 / 13 cm.
     # See the README's "Streams: tracking".
     optical_flow: bool = False
     flow_window: int = 11  # Lucas-Kanade window side, pixels (11 drifted least on the synthetic world; 21 is OpenCV's)
@@ -114,6 +129,21 @@ def keyframes_near_pose(scene: SceneMap, T_cam_world: np.ndarray, count: int = 5
     nearest = eligible[np.argsort(distances[eligible], kind="stable")[:count]]
     names = scene.names
     return [names[i] for i in nearest]
+
+
+def keyframe_spacing(scene: SceneMap) -> float:
+    """The map's own length scale: median distance from each keyframe's camera centre to its nearest other one
+    (1.0 for a map of fewer than two keyframes, or all at one place)."""
+    if len(scene.images) < 2:
+        return 1.0
+    centres = np.stack([image.pose[:3, 3] for image in scene.images])
+    nearest = np.empty(len(centres))
+    for start in range(0, len(centres), 1024):  # blocks of rows: memory stays bounded on large maps
+        distances = np.linalg.norm(centres[start:start + 1024, None, :] - centres[None, :, :], axis=2)
+        distances[np.arange(len(distances)), np.arange(start, start + len(distances))] = np.inf
+        nearest[start:start + len(distances)] = distances.min(axis=1)
+    spacing = float(np.median(nearest))
+    return spacing if np.isfinite(spacing) and spacing > 0 else 1.0
 
 
 def localize_or_fall_back(localizer: Localizer, image: np.ndarray, camera: Camera | None, name: str,
@@ -168,11 +198,15 @@ class Tracker:
         self._last_points: np.ndarray | None = None  # 3-D point rows of the last success's inliers
         self._last_inliers = 0  # inliers of the last full localization ("tracking", "prior" or "global")
         self._flow: _FlowState | None = None
+        self._last_pose: np.ndarray | None = None  # T_cam_world of the last success (any path)
         # One place decides PnP (estimate_absolute_pose, the localizer's options) with the flow path's threshold.
         self._flow_pose_config = dataclasses.replace(localizer.config.pose,
                                                      ransac_max_error=self.config.flow_max_reprojection_px)
+        self._tracked_pose_config = (None if self.config.max_reprojection_px is None else dataclasses.replace(
+            localizer.config.pose, ransac_max_error=self.config.max_reprojection_px))
         self._lock = threading.Lock()
         scene = localizer.scene
+        self.keyframe_spacing = keyframe_spacing(scene)
         # Inverse observation index, built once: for every 3-D point, the map images that observe it.
         pairs = [(scene.points_of(name), row) for row, name in enumerate(scene.names)]
         points = np.concatenate([p for p, _ in pairs]) if pairs else np.zeros(0, np.int64)
@@ -188,7 +222,7 @@ class Tracker:
     def reset(self) -> None:
         """Forget the previous pose: the next frame goes through global retrieval."""
         with self._lock:
-            self._last_points, self._last_inliers, self._flow = None, 0, None
+            self._last_points, self._last_inliers, self._flow, self._last_pose = None, 0, None, None
 
     def candidates(self, point_rows: np.ndarray) -> list[str]:
         """Map images observing most of `point_rows`, best first (at most `keyframes`)."""
@@ -241,15 +275,66 @@ class Tracker:
         return self.candidates(self._last_points)
 
     def _check_tracked(self, result: LocalizationResult) -> None:
-        """A tracked pose from far fewer inliers than the previous frame's is a failure (see TrackingConfig)."""
-        if result.num_inliers < self.config.min_inlier_ratio * self._last_inliers:
-            result.success, result.T_cam_world = False, None
-            result.message = (f"tracking: {result.num_inliers} inliers, fewer than "
-                              f"{self.config.min_inlier_ratio:g} x the previous frame's {self._last_inliers}")
+        """Turns a doubtful tracked pose into a failure (see TrackingConfig): far fewer inliers than the previous
+        frame's, too few left under the tighter threshold (the pose is re-estimated with it), or a jump."""
+        config = self.config
+        message = ""
+        if result.num_inliers < config.min_inlier_ratio * self._last_inliers:
+            message = (f"{result.num_inliers} inliers, fewer than {config.min_inlier_ratio:g} x the previous "
+                       f"frame's {self._last_inliers}")
+        elif self._tracked_pose_config is not None:
+            loose = result.num_inliers
+            t0 = time.perf_counter()
+            reestimated = self._reestimate(result)
+            seconds = time.perf_counter() - t0  # part of the frame's PnP and of its latency
+            result.timings["pose"] = result.timings.get("pose", 0.0) + seconds
+            result.timings["total"] = result.timings.get("total", 0.0) + seconds
+            if not reestimated:
+                message = f"no pose within {config.max_reprojection_px:g} px from the {loose} inliers"
+            elif result.num_inliers < max(self.localizer.config.min_inliers, config.min_inlier_ratio * loose):
+                message = (f"{result.num_inliers} of {loose} inliers within {config.max_reprojection_px:g} px, "
+                           f"fewer than {config.min_inlier_ratio:g} of them or {self.localizer.config.min_inliers}")
+        if not message and config.max_jump_keyframe_spacings is not None and self._last_pose is not None:
+            jump = np.linalg.norm(invert_pose(result.T_cam_world)[:3, 3] - invert_pose(self._last_pose)[:3, 3])
+            if jump > config.max_jump_keyframe_spacings * self.keyframe_spacing:
+                message = (f"the camera moved {jump:.3g} from the previous pose, more than "
+                           f"{config.max_jump_keyframe_spacings:g} x the map's keyframe spacing "
+                           f"{self.keyframe_spacing:.3g}")
+        if message:
+            result.success, result.T_cam_world, result.message = False, None, f"tracking: {message}"
+
+    def _reestimate(self, result: LocalizationResult) -> bool:
+        """PnP again on the result's inlier 2D-3D pairs with `max_reprojection_px`; the result then holds that pose,
+        its inliers and their matches. False when RANSAC finds no pose."""
+        scene = self.localizer.scene
+        names = [map_name for map_name, pairs in result.inlier_matches.items() if len(pairs)]
+        if not names or result.query_keypoints is None:
+            return False
+        pairs = np.concatenate([result.inlier_matches[map_name] for map_name in names]).astype(np.int64)
+        rows = np.concatenate([scene.point_index[map_name][result.inlier_matches[map_name][:, 1]]
+                               for map_name in names]).astype(np.int64)
+        valid = rows >= 0
+        # One 2D-3D pair per (query keypoint, 3-D point): matched in several map images, it is one observation.
+        stride = np.int64(max(scene.num_points, 1))
+        keys = np.unique(pairs[valid, 0] * stride + rows[valid])
+        query_rows, point_rows = keys // stride, keys % stride
+        estimate = estimate_absolute_pose(np.asarray(result.query_keypoints)[query_rows], scene.points_xyz[point_rows],
+                                          result.camera, self._tracked_pose_config)
+        if estimate is None:
+            return False
+        inlier_keys = keys[estimate["inlier_mask"]]
+        result.T_cam_world, result.num_inliers = estimate["T_cam_world"], estimate["num_inliers"]
+        for map_name in names:
+            matches = result.inlier_matches[map_name]
+            map_rows = scene.point_index[map_name][matches[:, 1]]
+            keep = np.isin(matches[:, 0].astype(np.int64) * stride + map_rows, inlier_keys) & (map_rows >= 0)
+            result.inlier_matches[map_name] = matches[keep]
+        return True
 
     def _remember(self, result: LocalizationResult, gray: np.ndarray | None) -> None:
         """After a full localization: its inliers are what the next frame tracks from (and follows by flow)."""
         self._flow = None
+        self._last_pose = result.T_cam_world if result.success else None
         if not result.success:
             self._last_points, self._last_inliers = None, 0
             return
@@ -352,5 +437,6 @@ class Tracker:
                                 place=flow.place, seeded=flow.seeded, T_cam_world=result.T_cam_world,
                                 frames=flow.frames + 1)
         self._last_points = np.unique(flow.point_rows[chosen])
+        self._last_pose = result.T_cam_world
         result.timings["total"] = time.perf_counter() - start
         return result
