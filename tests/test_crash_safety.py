@@ -241,6 +241,20 @@ def test_map_json_is_validated_field_by_field(two_maps, tmp_path, change, messag
     assert "map.json" in str(error.value) and "\n" not in str(error.value)
 
 
+def test_version_1_maps_keep_their_relative_image_paths(two_maps, tmp_path):
+    from hierloc.localization.scene_map import MapFormatError, SceneMap
+
+    folder = copy_map(two_maps / "a", tmp_path / "map")
+    rewrite_map_json(folder, lambda d: (d.update(version=1), d.pop("image_root"),
+                                        [entry.update(image_path=f"outputs/demo/{entry.pop('image_name')}")
+                                         for entry in d["images"]]))
+    scene = SceneMap.load(folder)  # as version 1 read them: relative to the directory the map was built from
+    assert all(str(im.image_path).startswith("outputs/demo/") for im in scene.images)
+    rewrite_map_json(folder, lambda d: d["images"][0].update(image_path="../outside/x.png"))
+    with pytest.raises(MapFormatError, match="is not a path without '..'"):
+        SceneMap.load(folder)
+
+
 def test_map_images_are_plain_names_under_the_image_root(two_maps):
     from hierloc.localization.scene_map import SceneMap
 

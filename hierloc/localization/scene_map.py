@@ -403,7 +403,7 @@ def _read_reconstruction(sfm_dir: Path):
 
 def _image_path_of(entry: dict, image_root: str | None, source: Path) -> Path | None:
     """The image file of a map.json image entry: a plain relative name under image_root (version 2) or, in
-    version 1 maps, an absolute path; anything else (outside the folder, not an image file) is refused."""
+    version 1 maps, a path without '..'; anything else (outside the folder, not an image file) is refused."""
     name = entry.get("image_name")
     legacy = entry.get("image_path")
     if name is not None:
@@ -416,8 +416,10 @@ def _image_path_of(entry: dict, image_root: str | None, source: Path) -> Path | 
         if os.path.commonpath([root_real, os.path.realpath(path)]) != root_real:
             raise MapFormatError(f"{source}: image {name!r} leads outside image_root (a link)")
     elif legacy is not None:
-        if not isinstance(legacy, str) or "\x00" in legacy or not os.path.isabs(legacy) or ".." in Path(legacy).parts:
-            raise MapFormatError(f"{source}: image_path {legacy!r} is not an absolute path without '..'")
+        # Version 1 wrote the path it was given: absolute, or relative to the directory it was built from
+        # (as the demo's `outputs/...`), which it is read against as before.
+        if not isinstance(legacy, str) or not legacy or "\x00" in legacy or ".." in Path(legacy).parts:
+            raise MapFormatError(f"{source}: image_path {legacy!r} is not a path without '..'")
         path = Path(legacy)
     else:
         return None
