@@ -16,6 +16,18 @@ configure_threads(2)
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """One torch thread for a whole module (`pytestmark = pytest.mark.usefixtures("torch_one_thread")`): tiny
+    networks run faster on one thread than on two, and CPU training results depend on the thread count."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(autouse=True)
 def isolated_weights_cache(tmp_path_factory, monkeypatch):
     """Tests never see (or write) the user's weight cache."""

@@ -22,13 +22,7 @@ from hierloc.export import (
 from hierloc.extraction import GlobalExtractor
 from hierloc.models import build_model, save_checkpoint
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,7 @@ from hierloc.models import CheckpointError, build_model, load_model, save_checkp
 from hierloc.models.triplet import DelfAttentionPooling, DelfConfig
 from hierloc.training.model_setup import configure_trainable
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.mark.parametrize("name,dim", [("netvlad_triplets", 40), ("delf_triplets", 40), ("resnet_maxpool", 1024)])

@@ -28,13 +28,7 @@ from hierloc.training.trainer import train
 ITERATIONS = 8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread for every run of the module (CPU training results depend on the thread count)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

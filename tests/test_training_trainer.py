@@ -24,13 +24,7 @@ TINY_MODEL = {"name": "mobilenetvlad", "endpoint": "layer_4", "num_clusters": 4,
               "batch_size": 4, "eval_batch_size": 4, "learning_rate": 0.01}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is faster than two, by far on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

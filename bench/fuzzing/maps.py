@@ -128,38 +128,37 @@ def _poses(count: int = 3) -> list[tuple[np.ndarray, np.ndarray]]:
             for _ in range(count)]
 
 
+def _pose_file_seed(folder: Path, file_name: str, lines: list[str]) -> list[str]:
+    """A folder of images, a vocabulary and one pose file of `lines`: the seed of a pose-format target."""
+    _write_vocabulary(folder)
+    _write_images(folder / "images", _folder_names())
+    (folder / file_name).write_text("\n".join(lines) + "\n")
+    return [file_name]
+
+
 def _tum_seed(folder: Path) -> list[str]:
     from scipy.spatial.transform import Rotation
 
-    _write_vocabulary(folder)
-    _write_images(folder / "images", _folder_names())
     lines = ["# timestamp tx ty tz qx qy qz qw"]
     for i, (R, t) in enumerate(_poses()):
         qx, qy, qz, qw = Rotation.from_matrix(R).as_quat()
         lines.append(" ".join(f"{v:.9f}" for v in (float(i), *t, qx, qy, qz, qw)))
-    (folder / "poses.txt").write_text("\n".join(lines) + "\n")
-    return ["poses.txt"]
+    return _pose_file_seed(folder, "poses.txt", lines)
 
 
 def _kitti_seed(folder: Path) -> list[str]:
-    _write_vocabulary(folder)
-    _write_images(folder / "images", _folder_names())
     lines = [" ".join(f"{v:.9e}" for v in np.hstack([R, t[:, None]]).ravel()) for R, t in _poses()]
-    (folder / "poses.txt").write_text("\n".join(lines) + "\n")
-    return ["poses.txt"]
+    return _pose_file_seed(folder, "poses.txt", lines)
 
 
 def _csv_seed(folder: Path) -> list[str]:
     from scipy.spatial.transform import Rotation
 
-    _write_vocabulary(folder)
-    _write_images(folder / "images", _folder_names())
     lines = ["name,timestamp,x,y,z,qw,qx,qy,qz"]
     for i, (R, t) in enumerate(_poses()):
         qx, qy, qz, qw = Rotation.from_matrix(R).as_quat()
         lines.append(",".join([_folder_names()[i], f"{i:.3f}", *(f"{v:.9f}" for v in (*t, qw, qx, qy, qz))]))
-    (folder / "poses.csv").write_text("\n".join(lines) + "\n")
-    return ["poses.csv"]
+    return _pose_file_seed(folder, "poses.csv", lines)
 
 
 def _pose_argv(pose_file: str):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from typing import Any
 
 
 class IndexValidationError(ValueError):
@@ -23,3 +25,14 @@ class IndexFormatError(ValueError):
 
     def __reduce__(self):  # the default would call __init__ with the formatted message only
         return (type(self), (self.path, self.problem))
+
+
+def parse_metadata_json(text: str, path: str | os.PathLike) -> dict[str, Any]:
+    """An index's stored metadata (JSON text) as a dict, or IndexFormatError naming the file (both formats)."""
+    try:
+        metadata = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise IndexFormatError(path, f"metadata is not valid JSON: {exc}") from None
+    if not isinstance(metadata, dict):
+        raise IndexFormatError(path, f"metadata must be a JSON object, got {type(metadata).__name__}")
+    return metadata

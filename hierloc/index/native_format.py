@@ -33,7 +33,6 @@ an IndexFormatError naming the file.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import struct
 from contextlib import contextmanager
@@ -44,7 +43,7 @@ import h5py
 import numpy as np
 
 from hierloc.index.descriptor_index import MAX_DESCRIPTOR_SIZE, DescriptorIndex, check_directions
-from hierloc.index.errors import IndexFormatError, IndexValidationError
+from hierloc.index.errors import IndexFormatError, IndexValidationError, parse_metadata_json
 from hierloc.index.pca import PCA
 from hierloc.utils.io import atomic_path, file_crc32c, to_json_text
 
@@ -318,13 +317,7 @@ def _read_metadata(f: h5py.File, path: str | os.PathLike) -> dict[str, Any]:
         text = _read_text(f, "metadata_json", path)
     else:
         text = _attr(f, "metadata_json", path)
-    try:
-        metadata = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise IndexFormatError(path, f"metadata is not valid JSON: {exc}") from None
-    if not isinstance(metadata, dict):
-        raise IndexFormatError(path, f"metadata must be a JSON object, got {type(metadata).__name__}")
-    return metadata
+    return parse_metadata_json(text, path)
 
 
 def _read_text(f: h5py.Group, name: str, path: str | os.PathLike) -> str:

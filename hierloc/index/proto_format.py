@@ -20,7 +20,6 @@ format (the original recomputed it at load time); use the native format to keep 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Any
@@ -30,7 +29,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, Message
 
 from hierloc.index.descriptor_index import MAX_DESCRIPTOR_SIZE, DescriptorIndex, check_directions
-from hierloc.index.errors import IndexFormatError, IndexValidationError
+from hierloc.index.errors import IndexFormatError, IndexValidationError, parse_metadata_json
 from hierloc.utils.ids import id_to_pair, pair_to_id
 from hierloc.utils.io import atomic_write_bytes, to_json_text
 
@@ -295,7 +294,7 @@ def _index_from_message(message: Message, source: str | os.PathLike) -> Descript
         if len(extras.names):
             names = [_text(value, "an image name", source) for value in extras.names]
         if extras.HasField("metadata_json"):
-            metadata = _metadata(_text(extras.metadata_json, "metadata", source), source)
+            metadata = parse_metadata_json(_text(extras.metadata_json, "metadata", source), source)
 
     index = DescriptorIndex(
         model_name=_text(message.model_name, "model_name", source),
@@ -323,11 +322,3 @@ def _matrix_values(matrix: Message, rows: int, cols: int, label: str, source: st
     return values
 
 
-def _metadata(text: str, source: str | os.PathLike) -> dict[str, Any]:
-    try:
-        metadata = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise IndexFormatError(source, f"metadata is not valid JSON: {exc}") from None
-    if not isinstance(metadata, dict):
-        raise IndexFormatError(source, f"metadata must be a JSON object, got {type(metadata).__name__}")
-    return metadata

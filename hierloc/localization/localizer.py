@@ -174,9 +174,16 @@ class Localizer:
         """Map images most similar to the query, best first: `k` (default `num_retrieved`); all without an index."""
         if self._retriever is None:
             return list(self.scene.names)
+        return [hit.name for hit in self.retrieve_hits(image, k)]
+
+    def retrieve_hits(self, image: np.ndarray, k: int | None = None) -> list:
+        """The search's hits (name, distance, row) for the query, best first: `k` (default `num_retrieved`).
+        Needs the map's global index (`retrieve` falls back to every map image without one)."""
+        if self._retriever is None:
+            raise ValueError("this map has no global index to retrieve from")
         descriptor = self._global.describe(image)
         k = min(k or self.config.num_retrieved, len(self.scene))
-        return [hit.name for hit in self._retriever.retrieve(descriptor, k=k)[0]]
+        return self._retriever.retrieve(descriptor, k=k)[0]
 
     def places(self, candidates: Sequence[str]) -> list[list[str]]:
         """Candidates grouped into places by covisibility (or one place when clustering is off)."""

@@ -176,6 +176,18 @@ def localize_with_prior(localizer: Localizer, image: np.ndarray, camera: Camera 
                                  retry_global=config.retry_global)
 
 
+def _inlier_observations(scene: SceneMap, result: LocalizationResult) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """A result's inlier matches flattened: the map images that have some, the (query keypoint, map keypoint)
+    pairs of all of them in that order, and each pair's 3-D point row (-1 where the map keypoint has none)."""
+    names = [map_name for map_name, pairs in result.inlier_matches.items() if len(pairs)]
+    if not names:
+        return names, np.zeros((0, 2), np.int64), np.zeros(0, np.int64)
+    pairs = np.concatenate([result.inlier_matches[map_name] for map_name in names]).astype(np.int64)
+    rows = np.concatenate([scene.point_index[map_name][result.inlier_matches[map_name][:, 1]]
+                           for map_name in names]).astype(np.int64)
+    return names, pairs, rows
+
+
 def _grayscale_copy(image: np.ndarray) -> np.ndarray | None:
     """The frame as grayscale uint8, in memory of its own (the caller may reuse its buffer for the next frame);
     None for what is not an image (the localizer then refuses it with its own message)."""
@@ -307,12 +319,9 @@ class Tracker:
         """PnP again on the result's inlier 2D-3D pairs with `max_reprojection_px`; the result then holds that pose,
         its inliers and their matches. False when RANSAC finds no pose."""
         scene = self.localizer.scene
-        names = [map_name for map_name, pairs in result.inlier_matches.items() if len(pairs)]
+        names, pairs, rows = _inlier_observations(scene, result)
         if not names or result.query_keypoints is None:
             return False
-        pairs = np.concatenate([result.inlier_matches[map_name] for map_name in names]).astype(np.int64)
-        rows = np.concatenate([scene.point_index[map_name][result.inlier_matches[map_name][:, 1]]
-                               for map_name in names]).astype(np.int64)
         valid = rows >= 0
         # One 2D-3D pair per (query keypoint, 3-D point): matched in several map images, it is one observation.
         stride = np.int64(max(scene.num_points, 1))
@@ -340,15 +349,12 @@ class Tracker:
             return
         self._last_inliers = result.num_inliers
         scene = self.localizer.scene
-        names = [map_name for map_name, pairs in result.inlier_matches.items() if len(pairs)]
+        names, pairs, rows = _inlier_observations(scene, result)
         if not names:
             self._last_points = None
             return
-        pairs = np.concatenate([result.inlier_matches[map_name] for map_name in names]).astype(np.int64)
         map_images = np.concatenate([np.full(len(result.inlier_matches[map_name]), scene.index_of(map_name))
                                      for map_name in names])
-        rows = np.concatenate([scene.point_index[map_name][result.inlier_matches[map_name][:, 1]]
-                               for map_name in names]).astype(np.int64)
         valid = rows >= 0
         points = np.unique(rows[valid])
         self._last_points = points if len(points) else None

@@ -404,16 +404,10 @@ class LocalizationService:
                         "rerank": outcome.timings.get("total", 0.0)}
 
     def _retrieve_hits(self, image: Any, k: int) -> list:
-        """The top-k keyframes with their distances (`QueryHit`s, as `hierloc query` reports them).
-
-        `Localizer.retrieve` gives the names only; the distances come from the same describer and search.
-        """
+        """The top-k keyframes with their distances (`QueryHit`s, as `hierloc query` reports them)."""
         from ..pipelines.indexing import QueryHit
 
-        localizer = self.localizer
-        descriptor = localizer._global.describe(image)
-        hits = localizer._retriever.retrieve(descriptor, k=min(k, len(localizer.scene)))[0]
-        return [QueryHit.from_retrieval(hit) for hit in hits]
+        return [QueryHit.from_retrieval(hit) for hit in self.localizer.retrieve_hits(image, k)]
 
     # ------------------------------------------------------------------ the routes
 
