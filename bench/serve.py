@@ -255,7 +255,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=200, help="requests per client")
     parser.add_argument("--burst", type=int, default=64)
-    parser.add_argument("--passes", type=int, default=3, help="passes over the frames, in-process and sequential")
+    parser.add_argument("--passes", type=int, default=5, help="passes over the frames, in-process and sequential")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="threads per localization (per worker)")
     parser.add_argument("--queue", type=int, default=8)

@@ -38,4 +38,11 @@ def configure_threads(num_threads: int | None = None) -> int:
         faiss.omp_set_num_threads(n)
     except ImportError:
         pass
+    # The environment variables above only reach libraries loaded later: numpy's OpenBLAS (and the copies
+    # other wheels bring) already started one thread per core when numpy was imported, so their pools are
+    # resized at run time. Left at 2 threads, numpy's matrix products in the service's two 1-thread workers
+    # oversubscribed the 2 cores and their spinning threads slowed the next CNN of every process.
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=n)
     return n
