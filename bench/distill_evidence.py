@@ -56,10 +56,25 @@ EXTRA_FOLDERS = {"strecha_fountain": "strecha/fountain-P11/images", "strecha_her
                  "sacre_coeur": "sacre_coeur/mapping"}
 STUDENTS = ("mobilenetvlad", "mobilenetvlad_imagenet")
 TEACHER = "teacher densevlad"
+# Arguments that change the teachers: a teacher cache holds one set of them (several work folders may share it).
+TEACHER_SETTINGS = ("train_places", "eval_places", "no_extras", "height", "width", "teacher_dim", "teacher_clusters",
+                    "teacher_fit_images")
 # Arguments that change results: a work folder's caches hold one set of them.
-RESULT_SETTINGS = ("train_places", "eval_places", "no_extras", "height", "width", "teacher_dim", "teacher_clusters",
-                   "teacher_fit_images", "iterations", "batch_size", "lr", "lr_imagenet", "freeze_imagenet_backbone",
-                   "validation_size")
+RESULT_SETTINGS = TEACHER_SETTINGS + (
+    "student_places", "iterations", "batch_size", "lr", "lr_imagenet", "freeze_imagenet_backbone", "validation_size",
+    "schedule", "warmup", "l2_weight", "similarity_weight", "similarity_temperature", "similarity_anchors",
+    "endpoint", "resize_factor", "crop_scale", "photometric")
+# Photometric augmentation of the students' training images (hierloc.training.augmentation); "strong" widens
+# the ranges towards summer -> winter changes (snow brightens, low sun darkens, contrast collapses).
+PHOTOMETRIC = {
+    "off": None,
+    "default": {"primitives": ["random_brightness", "random_contrast", "additive_gaussian_noise", "additive_shade"]},
+    "strong": {"primitives": ["random_brightness", "random_contrast", "additive_gaussian_noise", "additive_shade"],
+               "params": {"random_brightness": {"delta_range": [-90, 90]},
+                          "random_contrast": {"strength_range": [0.2, 1.8]},
+                          "additive_gaussian_noise": {"stddev_range": [0, 12], "prob": 0.5},
+                          "additive_shade": {"transparency_range": [-0.7, 0.7], "prob": 0.8}}},
+}
 
 logger = logging.getLogger("hierloc.bench")
 
@@ -81,19 +96,29 @@ def link_folder(target: Path, files: list[Path]) -> Path:
     return target
 
 
-def prepare_folders(work: Path, shared: Path, train_places: int, eval_places: int, extras: bool) -> dict:
-    """Training and evaluation image folders (links) in the work folder."""
+def prepare_folders(work: Path, shared: Path, train_places: int, eval_places: int, extras: bool,
+                    student_places: int | None = None) -> dict:
+    """Training and evaluation image folders (links) in the work folder.
+
+    "train": the teacher's and the students' folders; "more": places `train_places` .. `student_places`,
+    which only the students train on (the teacher describes them but is not fitted on them).
+    """
     summer = sorted((shared / "nordland" / "summer").iterdir())
     names = [p.name for p in summer]
-    if train_places + eval_places > len(names):
-        raise SystemExit(f"{train_places} + {eval_places} places asked, Nordland has {len(names)}")
+    student_places = max(student_places or train_places, train_places)
+    if student_places + eval_places > len(names):
+        raise SystemExit(f"{student_places} + {eval_places} places asked, Nordland has {len(names)}")
     train_names, eval_names = names[:train_places], names[-eval_places:]
-    folders = {"train": {}, "eval": {}}
+    folders = {"train": {}, "more": {}, "eval": {}}
     for season in ("summer", "winter"):
         base = shared / "nordland" / season
         folders["train"][f"nordland_{season}"] = link_folder(work / "data" / "train" / f"nordland_{season}",
                                                              [base / n for n in train_names])
         folders["eval"][season] = link_folder(work / "data" / "eval" / season, [base / n for n in eval_names])
+        if student_places > train_places:
+            folders["more"][f"nordland_{season}_more"] = link_folder(
+                work / "data" / "more" / f"nordland_{season}_more",
+                [base / n for n in names[train_places:student_places]])
     if extras:
         for label, relative in EXTRA_FOLDERS.items():
             source = shared / relative
@@ -103,16 +128,17 @@ def prepare_folders(work: Path, shared: Path, train_places: int, eval_places: in
     return folders
 
 
-def check_settings(work: Path, args: argparse.Namespace) -> dict:
-    """The result-changing settings, recorded in WORK/settings.json; other settings need another --work."""
-    settings = {key: getattr(args, key) for key in RESULT_SETTINGS}
+def check_settings(work: Path, args: argparse.Namespace, keys: tuple[str, ...] = RESULT_SETTINGS,
+                   option: str = "--work") -> dict:
+    """The settings `keys` of args, recorded in WORK/settings.json; other settings need another folder."""
+    settings = {key: getattr(args, key) for key in keys}
     path = work / "settings.json"
     if path.is_file():
         stored = json.loads(path.read_text())
         changed = {k: (stored.get(k), v) for k, v in settings.items() if stored.get(k) != v}
         if changed:
             differences = ", ".join(f"{k}: {a} there, {b} now" for k, (a, b) in changed.items())
-            raise SystemExit(f"{work} holds results of other settings ({differences}): choose another --work")
+            raise SystemExit(f"{work} holds results of other settings ({differences}): choose another {option}")
     else:
         work.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, to_json_text(settings, indent=2))
@@ -212,18 +238,25 @@ def student_config(name: str, folders: dict, targets: dict, size: tuple[int, int
     """The distillation config of one student and seed (the shipped config with the evidence's sizes)."""
     from hierloc.training.config import load_config
 
-    labels = list(folders["train"])
+    student_folders = {**folders["train"], **folders["more"]}
+    labels = list(student_folders)
+    augmentation: dict = {}
+    if PHOTOMETRIC[args.photometric]:
+        augmentation["photometric"] = {"enable": True, **PHOTOMETRIC[args.photometric]}
+    if args.crop_scale < 1.0:
+        augmentation["crop"] = {"enable": True, "scale": [args.crop_scale, 1.0], "ratio": [0.9, 1.1]}
     overrides = {
-        "data": {"image_folders": [str(folders["train"][k]) for k in labels],
+        "data": {"image_folders": [str(student_folders[k]) for k in labels],
                  "descriptor_folders": [str(targets[k]) for k in labels], "truncate": None,
                  "validation_size": args.validation_size,
                  "preprocessing": {"resize": list(size), "grayscale": True}, "cache_in_memory": True,
-                 "num_workers": 0,
-                 "augmentation": {"photometric": {"enable": True, "primitives": [
-                     "random_brightness", "random_contrast", "additive_gaussian_noise", "additive_shade"]},
-                     "crop": {"enable": True, "scale": [0.8, 1.0], "ratio": [0.9, 1.1]}}},
+                 "num_workers": 0, "augmentation": augmentation},
         "model": {"batch_size": args.batch_size, "eval_batch_size": 32, "reduction_dim": "auto",
-                  "learning_rate": [args.lr, args.lr / 10], "learning_rate_step": [int(args.iterations * 0.8)]},
+                  "learning_rate": [args.lr, args.lr / 10], "learning_rate_step": [int(args.iterations * 0.8)],
+                  "learning_rate_schedule": args.schedule, "warmup_iter": args.warmup,
+                  "distill_l2_weight": args.l2_weight, "distill_similarity_weight": args.similarity_weight,
+                  "distill_temperature": args.similarity_temperature, "distill_anchors": args.similarity_anchors,
+                  "endpoint": args.endpoint, "resize_factor": args.resize_factor},
         "train_iter": args.iterations, "validation_interval": max(1, args.iterations // 10),
         "save_interval": max(1, args.iterations // 5), "keep_checkpoints": 2, "log_interval": 25, "seed": seed,
         "device": "cpu",
@@ -235,6 +268,9 @@ def student_config(name: str, folders: dict, targets: dict, size: tuple[int, int
         base = "mobilenetvlad_imagenet_train_distill"
     else:
         base = "mobilenetvlad_train_distill"
+    if args.schedule == "cosine":  # from the peak down to a hundredth of it
+        peak = overrides["model"]["learning_rate"][0]
+        overrides["model"].update({"learning_rate": [peak, peak / 100], "learning_rate_step": []})
     return load_config(base, overrides)
 
 
@@ -315,11 +351,35 @@ def main() -> None:
     parser.add_argument("--freeze-imagenet-backbone", action="store_true",
                         help="train only the VLAD and FC layers of the ImageNet student (train_backbone: false)")
     parser.add_argument("--validation-size", type=int, default=192)
+    parser.add_argument("--teacher-cache", type=Path, default=None,
+                        help="folder of the teachers, their training targets and evaluation descriptors (default "
+                             "WORK/teachers); work folders whose teacher settings agree may share one")
+    parser.add_argument("--student-places", type=int, default=None,
+                        help="the students also train on Nordland places TRAIN_PLACES..STUDENT_PLACES (described by "
+                             "the teacher, which is fitted on the first TRAIN_PLACES only); default: TRAIN_PLACES")
+    parser.add_argument("--schedule", choices=("step", "cosine"), default="step",
+                        help="learning rate: step (a tenth for the last 20%%) or cosine (down to a hundredth)")
+    parser.add_argument("--warmup", type=int, default=0, help="linear learning-rate warm-up iterations")
+    parser.add_argument("--l2-weight", type=float, default=1.0, help="weight of the L2 distillation loss")
+    parser.add_argument("--similarity-weight", type=float, default=0.0,
+                        help="weight of the teacher-similarity KL term (hierloc.training.losses."
+                             "similarity_distillation_loss); 0: plain L2")
+    parser.add_argument("--similarity-temperature", type=float, default=0.05)
+    parser.add_argument("--similarity-anchors", type=int, default=4096,
+                        help="teacher descriptors of training images the similarities are taken to")
+    parser.add_argument("--endpoint", default="layer_18", help="MobileNetV2 layer the students pool (layer_K)")
+    parser.add_argument("--resize-factor", type=float, default=None,
+                        help="the students upscale their input by this factor (more VLAD positions at 128x64)")
+    parser.add_argument("--crop-scale", type=float, default=0.8, help="random crops keep this share or more (1: none)")
+    parser.add_argument("--photometric", choices=tuple(PHOTOMETRIC), default="default",
+                        help="photometric augmentation of the students' training images")
     parser.add_argument("--students", nargs="+", default=list(STUDENTS), choices=STUDENTS)
     parser.add_argument("--seeds", type=int, default=3, help="run seeds 0..SEEDS-1 (default 3)")
     parser.add_argument("--threads", type=int, default=2,
                         help="processes run side by side, each on one thread (results do not depend on it)")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--teachers-only", action="store_true",
+                        help="only fill the teacher cache (teachers, training targets, evaluation descriptors)")
     args = parser.parse_args()
     if args.seeds < 1 or args.threads < 1:
         raise SystemExit("--seeds and --threads must be at least 1")
@@ -332,18 +392,26 @@ def main() -> None:
     work = args.work
     seeds = list(range(args.seeds))
     t_start = time.perf_counter()
+    args.student_places = max(args.student_places or args.train_places, args.train_places)
     settings = check_settings(work, args)
-    folders = prepare_folders(work, args.shared, args.train_places, args.eval_places, not args.no_extras)
+    teacher_cache = args.teacher_cache or work / "teachers"
+    check_settings(teacher_cache, args, TEACHER_SETTINGS, "--teacher-cache")
+    folders = prepare_folders(work, args.shared, args.train_places, args.eval_places, not args.no_extras,
+                              args.student_places)
     train_paths = [str(p) for folder in folders["train"].values() for p, _ in list_images([folder])]
     seed_dirs = {seed: work / f"seed-{seed}" for seed in seeds}
-    teacher_files = {seed: seed_dirs[seed] / "teacher" / "densevlad.npz" for seed in seeds}
+    teacher_dirs = {seed: teacher_cache / f"seed-{seed}" for seed in seeds}
+    teacher_files = {seed: teacher_dirs[seed] / "densevlad.npz" for seed in seeds}
     for seed in seeds:
-        (seed_dirs[seed] / "teacher").mkdir(parents=True, exist_ok=True)
+        (teacher_dirs[seed] / "eval").mkdir(parents=True, exist_ok=True)
         (seed_dirs[seed] / "eval").mkdir(parents=True, exist_ok=True)
     eval_folders = {season: str(folders["eval"][season]) for season in ("summer", "winter")}
 
+    def eval_prefix(seed: int, label: str) -> Path:
+        return (teacher_dirs if label == TEACHER else seed_dirs)[seed] / "eval" / label.replace(" ", "_")
+
     def describe_jobs(seed: int, label: str, spec: dict) -> dict:
-        prefix = seed_dirs[seed] / "eval" / label.replace(" ", "_")
+        prefix = eval_prefix(seed, label)
         return {(seed, label, season): (describe_folder, spec, folder, size, f"{prefix}_{season}.npy")
                 for season, folder in eval_folders.items() if not Path(f"{prefix}_{season}.npy").is_file()}
 
@@ -362,13 +430,16 @@ def main() -> None:
                               args.teacher_clusters, args.teacher_dim, seed)
         fit_seconds = run_jobs(pool, jobs)
         # 2. teacher descriptors of the training folders, teacher descriptors of the evaluation places
-        targets = {seed: {label: seed_dirs[seed] / "teacher" / "descriptors" / label for label in folders["train"]}
-                   for seed in seeds}
+        described = {**folders["train"], **folders["more"]}
+        targets = {seed: {label: teacher_dirs[seed] / "descriptors" / label for label in described} for seed in seeds}
         jobs = {(seed, label): (export_teacher, str(teacher_files[seed]), str(folder), str(targets[seed][label]), size)
-                for seed in seeds for label, folder in folders["train"].items()}
+                for seed in seeds for label, folder in described.items()}
         for seed in seeds:
             jobs.update(describe_jobs(seed, TEACHER, {"kind": "teacher", "path": str(teacher_files[seed])}))
         run_jobs(pool, jobs)
+        if args.teachers_only:
+            print(f"teachers of seeds {seeds} in {teacher_cache}: {time.perf_counter() - t_start:.0f} s")
+            return
         # 3. students: their initialisation described, then trained (the long jobs, side by side)
         configs = {(seed, name): student_config(name, folders, targets[seed], size, seed, args)
                    for seed in seeds for name in args.students}
@@ -389,8 +460,7 @@ def main() -> None:
                 "path": str(seed_dirs[seed] / "experiments" / name / "model.pt")}))
         run_jobs(pool, jobs)
     labels = [TEACHER] + [f"{name} {stage}" for name in args.students for stage in ("initial", "distilled")]
-    results = {seed: {label: recall_of(seed_dirs[seed] / "eval" / label.replace(" ", "_")) for label in labels}
-               for seed in seeds}
+    results = {seed: {label: recall_of(eval_prefix(seed, label)) for label in labels} for seed in seeds}
     for seed in seeds:
         entry = report["per_seed"][str(seed)]
         entry["teacher"] = repr(DenseVLAD.load(teacher_files[seed]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 from types import SimpleNamespace
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -95,6 +96,20 @@ def test_fast_xfeat_configuration():
     assert family == "xfeat" and config.subpixel and config.resize_max is not None
     extractor = make_extractor("xfeat-fast")
     assert extractor.working_size(1536, 1024)[0] == config.resize_max
+
+
+def test_fast_sift_configuration():
+    family, config = FEATURE_CONFS["sift-fast"]
+    assert family == "sift" and config.resize_max == 512 and config.max_keypoints == 1024
+    extractor = make_extractor("sift-fast")
+    assert extractor.working_size(1536, 1024) == (512, 341)
+    rng = np.random.default_rng(0)
+    image = cv2.GaussianBlur((rng.random((1024, 1536)) * 255).astype(np.uint8), (0, 0), 3)
+    keypoints = extractor.extract(image).keypoints
+    assert 0 < len(keypoints) <= 1024
+    # keypoints come back in the full image's pixels, not the 512 px working image's
+    assert keypoints[:, 0].max() > 512 and keypoints[:, 0].max() < 1536 and keypoints[:, 1].max() < 1024
+    assert make_extractor(extractor.describe_config()).config == extractor.config  # the map stores what built it
 
 
 def _reference_inlier_matches(scene, q_idx, p_rows, inlier_mask, provenance):

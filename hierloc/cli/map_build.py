@@ -36,7 +36,9 @@ def register(subparsers) -> None:
     b.add_argument("--exclude", action="append", default=[], metavar="NAME",
                    help="leave this image out (name or file name; repeatable), e.g. for leave-one-out tests")
     b.add_argument("--features", default="sift", choices=sorted(FEATURE_CONFS), help="local features (default sift)")
-    b.add_argument("--max-keypoints", type=positive_int, default=None, help="keypoint cap per image (default 4096)")
+    b.add_argument("--max-keypoints", type=positive_int, default=None,
+                   help="keypoint cap per image (default: the --features configuration's; 4096 for sift, 1024 for "
+                        "sift-fast)")
     b.add_argument("--resize-max", type=positive_int, default=None,
                    help="longest image side for local features (default: full)")
     b.add_argument("--matcher", default="auto", choices=MATCHER_NAMES,

@@ -20,7 +20,8 @@ import yaml
 TRAINING_MODEL_KEYS = {
     "name", "batch_size", "eval_batch_size", "learning_rate", "learning_rate_step", "weight_decay",
     "train_backbone", "train_vlad", "train_attention", "vlad_init", "vlad_init_images", "triplet_margin",
-    "loss_squared", "loss_in", "proj_regularizer",
+    "loss_squared", "loss_in", "proj_regularizer", "learning_rate_schedule", "warmup_iter",
+    "distill_l2_weight", "distill_similarity_weight", "distill_temperature", "distill_anchors",
 }
 # The original's architecture key names and hierloc's.
 MODEL_KEY_ALIASES = {"n_clusters": "num_clusters", "dimensionality_reduction": "reduction_dim",
@@ -63,11 +64,20 @@ DEFAULT_MODEL: dict[str, Any] = {
     "eval_batch_size": 16,
     "learning_rate": 0.001,  # a float, or a list of values with `learning_rate_step` boundaries
     "learning_rate_step": [],
+    "learning_rate_schedule": "step",  # "step": `learning_rate_step` boundaries; "cosine": first to last value
+    "warmup_iter": 0,  # linear warm-up from 0 over this many iterations
     "weight_decay": 0.0,
     "train_backbone": True,
     "train_vlad": True,
     "vlad_init": None,  # "kmeans": centres from k-means on the training images' local features
     "vlad_init_images": 100,
+}
+# The distillation loss (hierloc.training.tasks.DistillationTask): the original's plain L2 by default.
+DEFAULT_DISTILLATION_MODEL: dict[str, Any] = {
+    "distill_l2_weight": 1.0,
+    "distill_similarity_weight": 0.0,  # > 0 adds the teacher-similarity KL term
+    "distill_temperature": 0.05,
+    "distill_anchors": 4096,  # teacher descriptors of training images the similarities are taken to
 }
 DEFAULT_TRIPLET_MODEL: dict[str, Any] = {
     "triplet_margin": 0.5,
@@ -151,7 +161,8 @@ def complete_config(values: dict, source: str = "config") -> dict:
     data_defaults = DEFAULT_DISTILLATION_DATA if kind == "distillation" else DEFAULT_TRIPLET_DATA
     _check_keys("data", data, set(data_defaults), source)
     model = {MODEL_KEY_ALIASES.get(k, k): v for k, v in (values.get("model") or {}).items()}
-    model_defaults = deep_update(DEFAULT_MODEL, DEFAULT_TRIPLET_MODEL if kind == "triplets" else {})
+    task_defaults = DEFAULT_TRIPLET_MODEL if kind == "triplets" else DEFAULT_DISTILLATION_MODEL
+    model_defaults = deep_update(DEFAULT_MODEL, task_defaults)
     run = {k: v for k, v in values.items() if k not in ("data", "model")}
     _check_keys("top-level", run, set(DEFAULT_RUN), source)
     config = deep_update(DEFAULT_RUN, run)

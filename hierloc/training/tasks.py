@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 
 from .augmentation import build_augmentation
 from .data import DistillationDataset, list_distillation_items, split_items
-from .losses import distillation_loss, triplet_loss
+from .losses import distillation_loss, similarity_distillation_loss, triplet_loss
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +29,25 @@ def _augmented(augmentation, images: torch.Tensor, augment: bool, seed: int | No
     return images.float()
 
 
+def similarity_anchors(dataset: DistillationDataset, count: int, seed: int = 0) -> torch.Tensor:
+    """[M, D] teacher descriptors of `count` training items (all when fewer), chosen with `seed`."""
+    if count < 1:
+        raise ValueError(f"model.distill_anchors must be at least 1, got {count}")
+    chosen = range(len(dataset))
+    if count < len(dataset):
+        generator = torch.Generator().manual_seed(seed)
+        chosen = sorted(torch.randperm(len(dataset), generator=generator)[:count].tolist())
+    return torch.from_numpy(np.stack([dataset.read_descriptor(dataset.items[i]) for i in chosen]))
+
+
 class DistillationTask:
-    """Student descriptors regress the teacher's: loss and validation error 0.5 * |s - t|^2."""
+    """Student descriptors regress the teacher's: loss l2_weight * 0.5 * |s - t|^2, plus optionally
+    similarity_weight * KL of the teacher's and the student's similarities to teacher anchors
+    (`similarity_distillation_loss`); the validation error is 0.5 * |s - t|^2.
+
+    model keys: `distill_l2_weight` (1), `distill_similarity_weight` (0: the original's plain L2),
+    `distill_temperature` (0.05), `distill_anchors` (4096 teacher descriptors of training images).
+    """
 
     validation_metric = "l2_error"
 
@@ -42,8 +60,21 @@ class DistillationTask:
         self.validation_dataset = DistillationDataset(validation_items, data["preprocessing"], cache_in_memory=True)
         self.target_dim = self.train_dataset.descriptor_dim
         self.augmentation = build_augmentation(data.get("augmentation"), _image_size(data["preprocessing"]))
-        logger.info("distillation data: %d training and %d validation images, %d-D teacher descriptors",
-                    len(self.train_dataset), len(self.validation_dataset), self.target_dim)
+        model = config["model"]
+        self.l2_weight = float(model.get("distill_l2_weight", 1.0))
+        self.similarity_weight = float(model.get("distill_similarity_weight", 0.0))
+        self.temperature = float(model.get("distill_temperature", 0.05))
+        if self.l2_weight < 0 or self.similarity_weight < 0 or self.l2_weight + self.similarity_weight <= 0:
+            raise ValueError("model.distill_l2_weight and model.distill_similarity_weight must be >= 0, "
+                             "not both 0")
+        self.anchors = None
+        if self.similarity_weight > 0:
+            self.anchors = similarity_anchors(self.train_dataset, int(model.get("distill_anchors", 4096)),
+                                              seed=int(config.get("seed", 0)))
+        logger.info("distillation data: %d training and %d validation images, %d-D teacher descriptors%s",
+                    len(self.train_dataset), len(self.validation_dataset), self.target_dim,
+                    f"; similarity term on {len(self.anchors)} teacher anchors at temperature {self.temperature}"
+                    if self.anchors is not None else "")
 
     def sample_images(self, count: int) -> list[torch.Tensor]:
         """[1, C, H, W] float images of the first training items (for k-means initialisation)."""
@@ -56,13 +87,25 @@ class DistillationTask:
         images = batch["image"].to(device, non_blocking=True)
         images = _augmented(self.augmentation, images, augment, augmentation_seed)
         student = model(images)
-        loss = distillation_loss(student, batch["descriptor"].to(device, non_blocking=True))
-        return loss, {"loss": loss.detach()}
+        terms = self._terms(student, batch["descriptor"].to(device, non_blocking=True))
+        loss = self.l2_weight * terms["l2_error"]
+        if "similarity_kl" in terms:
+            loss = loss + self.similarity_weight * terms["similarity_kl"]
+        if self.anchors is None:  # the plain L2 loss: its only term is the loss
+            return loss, {"loss": loss.detach()}
+        return loss, {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
+
+    def _terms(self, student: torch.Tensor, teacher: torch.Tensor) -> dict:
+        terms = {"l2_error": distillation_loss(student, teacher)}
+        if self.anchors is not None:
+            self.anchors = self.anchors.to(student.device)
+            terms["similarity_kl"] = similarity_distillation_loss(student, teacher, self.anchors, self.temperature)
+        return terms
 
     def validation_metrics(self, model, batch: dict, device: torch.device) -> dict:
         """Per-batch validation metrics (averaged over the set by the trainer)."""
         student = model(batch["image"].to(device).float())
-        return {"l2_error": distillation_loss(student, batch["descriptor"].to(device))}
+        return self._terms(student, batch["descriptor"].to(device))
 
 
 class TripletTask:

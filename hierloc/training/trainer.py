@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import random
 import signal
@@ -122,17 +123,34 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
-def learning_rate_at(iteration: int, learning_rate, steps) -> float:
-    """Piecewise-constant learning rate: `learning_rate[i]` until iteration `steps[i]`."""
+def learning_rate_at(iteration: int, learning_rate, steps, schedule: str = "step", warmup: int = 0,
+                     total: int | None = None) -> float:
+    """The learning rate of an iteration.
+
+    "step": piecewise constant, `learning_rate[i]` until iteration `steps[i]` (a float: constant).
+    "cosine": from the first value down to the last one (0 for a float) along half a cosine over
+    `total` iterations; `steps` is ignored. Either is scaled by a linear warm-up over the first
+    `warmup` iterations (from 1/warmup to 1).
+    """
+    factor = min(1.0, (iteration + 1) / warmup) if warmup and warmup > 0 else 1.0
+    if schedule == "cosine":
+        values = list(learning_rate) if isinstance(learning_rate, (list, tuple)) else [learning_rate, 0.0]
+        if not total or total < 1:
+            raise ValueError("the cosine learning rate schedule needs the number of iterations")
+        progress = min(1.0, iteration / total)
+        start, end = float(values[0]), float(values[-1])
+        return factor * (end + 0.5 * (start - end) * (1.0 + math.cos(math.pi * progress)))
+    if schedule != "step":
+        raise ValueError(f"unknown learning_rate_schedule {schedule!r}: use 'step' or 'cosine'")
     if not isinstance(learning_rate, (list, tuple)):
-        return float(learning_rate)
+        return factor * float(learning_rate)
     if len(steps or []) != len(learning_rate) - 1:
         raise ValueError(f"learning_rate has {len(learning_rate)} values: learning_rate_step needs "
                          f"{len(learning_rate) - 1} boundaries, got {steps}")
     for value, boundary in zip(learning_rate, steps):
         if iteration < boundary:
-            return float(value)
-    return float(learning_rate[-1])
+            return factor * float(value)
+    return factor * float(learning_rate[-1])
 
 
 def seed_everything(seed: int) -> None:
@@ -253,9 +271,12 @@ def _train(config, experiment, data_root, payload, checkpoint_file, distributed,
     use_amp = bool(config.get("amp", True)) and device.type == "cuda"
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    # learning_rate_at's arguments after the iteration (positional: tests wrap it with *args).
+    schedule = (model_section["learning_rate"], model_section["learning_rate_step"],
+                model_section.get("learning_rate_schedule", "step"), int(model_section.get("warmup_iter") or 0),
+                int(config["train_iter"]))
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
-                                 lr=learning_rate_at(0, model_section["learning_rate"],
-                                                     model_section["learning_rate_step"]),
+                                 lr=learning_rate_at(0, *schedule),
                                  weight_decay=float(model_section.get("weight_decay") or 0.0))
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
     streams = TrainingStreams(seed, distributed.rank)
@@ -366,7 +387,7 @@ def _train(config, experiment, data_root, payload, checkpoint_file, distributed,
             while iteration < train_iter:
                 batch = next(data_iter)
                 t0 = time.perf_counter()
-                lr = learning_rate_at(iteration, model_section["learning_rate"], model_section["learning_rate_step"])
+                lr = learning_rate_at(iteration, *schedule)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 set_train_mode(model, frozen)
