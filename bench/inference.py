@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from hierloc.describers.base import NETWORK_PREPROCESSING
+from hierloc.export.runtime import adapt_channels
 from hierloc.extraction import GlobalExtractor
 from hierloc.extraction.global_descriptors import image_to_tensor
 from hierloc.models import load_model
@@ -167,8 +168,8 @@ def onnx_variants(model, folder: Path, threads: int, calibration: list[np.ndarra
 
         class Reader(CalibrationDataReader):
             def __init__(self) -> None:
-                self.batches = iter([{"image": _adapt(image_to_tensor(cv2.resize(image, (width, height))),
-                                                      channels).numpy()} for image in calibration])
+                self.batches = iter([{"image": adapt_channels(image_to_tensor(cv2.resize(image, (width, height)))
+                                                              .numpy(), channels)} for image in calibration])
 
             def get_next(self):
                 return next(self.batches, None)
@@ -182,12 +183,6 @@ def onnx_variants(model, folder: Path, threads: int, calibration: list[np.ndarra
         variants["openvino fp32, padding fused"] = OpenVinoModel(fused, threads=threads).run
         variants["openvino bf16"] = OpenVinoModel(fused, threads=threads, inference_precision="bf16").run
     return variants
-
-
-def _adapt(batch: torch.Tensor, channels: int) -> torch.Tensor:
-    from hierloc.export.runtime import _adapt_channels
-
-    return _adapt_channels(batch, channels)
 
 
 def time_interleaved(runners: dict[str, Runner], image: np.ndarray, rounds: int, seconds: float) -> dict[str, dict]:

@@ -150,3 +150,20 @@ def test_padding_fusion_can_be_turned_off(small_model, tmp_path):
     assert "Pad" in [node.op_type for node in onnx.load(str(path)).graph.node]
     result = check_parity(small_model, {"onnx": path}, sizes=((47, 81),), batch=1)
     assert result["onnx"]["ok"]
+
+
+def test_exported_models_adapt_channels_in_numpy():
+    from hierloc.export.runtime import adapt_channels
+    from hierloc.models.base import LUMA_WEIGHTS
+
+    rgb = np.random.default_rng(0).random((2, 3, 5, 7), dtype=np.float32) * 255
+    gray = adapt_channels(rgb, 1)
+    assert gray.shape == (2, 1, 5, 7) and gray.dtype == np.float32
+    expected = sum(np.float32(w) * rgb[:, i:i + 1] for i, w in enumerate(LUMA_WEIGHTS))
+    np.testing.assert_allclose(gray, expected, rtol=1e-6)
+    repeated = adapt_channels(gray, 3)
+    assert repeated.shape == (2, 3, 5, 7) and repeated.flags.c_contiguous
+    np.testing.assert_array_equal(repeated[:, 2], gray[:, 0])
+    assert adapt_channels(rgb, 3) is rgb
+    with pytest.raises(ValueError, match="1 or 3 channels"):
+        adapt_channels(np.zeros((1, 2, 4, 4), np.float32), 1)
