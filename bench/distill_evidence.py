@@ -18,14 +18,26 @@ and `--threads N` runs N such processes side by side (teachers, descriptor expor
 and trainings of different seeds and students), which on a small CPU is also faster than threads
 inside one small-batch training.
 
+The recipe (see `--help`): the loss is the original's plain L2 (`--l2-weight`) plus, with
+`--similarity-weight W`, W times the KL of the teacher's and the student's similarities to the
+teacher descriptors of the training images (`hierloc.training.losses.similarity_distillation_loss`,
+`--similarity-temperature`, `--similarity-anchors`); the learning rate steps to a tenth for the last
+20 % or follows a cosine (`--schedule`, `--warmup`); capacity (`--endpoint`, `--resize-factor`), data
+(`--student-places`: more Nordland places for the students only) and augmentation (`--photometric`,
+`--crop-scale`) are options too.
+
 Prints the mean and spread (half the min-max range) over seeds and the per-seed figures, writes
 JSON (`--json`: per seed, mean/min/max, and `ratio_r5` = student R@5 / teacher R@5 of the same seed)
-and a PNG of the mean recall curves. Every stage is cached in `--work` (per seed; teacher
-descriptors are resumable, training resumes), so a rerun only does what is left; a work folder
-holds one set of settings (`settings.json`), other settings need another `--work`.
+and a PNG of the mean recall curves. Every stage is cached (per seed; teacher descriptors are
+resumable, training resumes), so a rerun only does what is left. A work folder holds one set of
+settings (`settings.json`), other settings need another `--work`; the teachers, their training
+targets and evaluation descriptors live in `--teacher-cache` (default WORK/teachers), which work
+folders of other student settings but the same teacher settings may share.
 
-    python bench/distill_evidence.py --work /tmp/hierloc_distill --iterations 3000 --batch-size 8 \
-        --teacher-fit-images 1500 --seeds 3 --threads 2 --json bench/results/distill_evidence.json
+    python bench/distill_evidence.py --work /tmp/hierloc_distill --teacher-cache /tmp/hierloc_teachers \
+        --students mobilenetvlad --similarity-weight 1 --iterations 9000 --seeds 3 --threads 2 --json out.json
+
+(the README's recipe: R@5 1.52x the teacher's over seeds 0-2, every seed >= 1.27x; 19 min on 2 cores.)
 """
 
 from __future__ import annotations

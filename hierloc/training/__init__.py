@@ -2,9 +2,10 @@
 
 from .config import load_config, shipped_configs
 from .export_descriptors import export_descriptors
-from .losses import distillation_loss, triplet_loss
+from .losses import distillation_loss, similarity_distillation_loss, triplet_loss
 from .trainer import TrainingError, train
 from .triplets import mine_triplets
 
-__all__ = ["load_config", "shipped_configs", "train", "TrainingError", "distillation_loss", "triplet_loss",
+__all__ = ["load_config", "shipped_configs", "train", "TrainingError", "distillation_loss",
+           "similarity_distillation_loss", "triplet_loss",
            "mine_triplets", "export_descriptors"]
