@@ -75,7 +75,9 @@ TEACHER_SETTINGS = ("train_places", "eval_places", "no_extras", "height", "width
 RESULT_SETTINGS = TEACHER_SETTINGS + (
     "student_places", "iterations", "batch_size", "lr", "lr_imagenet", "freeze_imagenet_backbone", "validation_size",
     "schedule", "warmup", "l2_weight", "similarity_weight", "similarity_temperature", "similarity_anchors",
-    "endpoint", "resize_factor", "crop_scale", "photometric")
+    "endpoint", "resize_factor", "crop_scale", "photometric", "device")
+# Settings added later, as the folders written before them were computed.
+SETTINGS_OF_OLDER_FOLDERS = {"device": "cpu"}
 # Photometric augmentation of the students' training images (hierloc.training.augmentation); "strong" widens
 # the ranges towards summer -> winter changes (snow brightens, low sun darkens, contrast collapses).
 PHOTOMETRIC = {
@@ -147,6 +149,7 @@ def check_settings(work: Path, args: argparse.Namespace, keys: tuple[str, ...] =
     path = work / "settings.json"
     if path.is_file():
         stored = json.loads(path.read_text())
+        stored = {**SETTINGS_OF_OLDER_FOLDERS, **stored}
         changed = {k: (stored.get(k), v) for k, v in settings.items() if stored.get(k) != v}
         if changed:
             differences = ", ".join(f"{k}: {a} there, {b} now" for k, (a, b) in changed.items())
@@ -196,7 +199,7 @@ def make_describer(spec: dict):
     if spec["kind"] == "trained":
         from hierloc.models import load_model
 
-        return GlobalExtractor(load_model(spec["name"], weights=spec["path"]), device="cpu")
+        return GlobalExtractor(load_model(spec["name"], weights=spec["path"]), device=spec["device"])
     # The untrained initialisation, exactly as training starts from it (incl. k-means VLAD centres).
     from hierloc.training.model_setup import build_training_model, initialize_vlad_from_images
     from hierloc.training.tasks import make_task
@@ -207,7 +210,7 @@ def make_describer(spec: dict):
         task = make_task(config)
         initialize_vlad_from_images(model, task.sample_images(int(config["model"]["vlad_init_images"])),
                                     seed=int(config["seed"]))
-    return GlobalExtractor(model, device="cpu")
+    return GlobalExtractor(model, device=spec["device"])
 
 
 def describe_folder(spec: dict, folder: str, size: tuple[int, int], cache: str) -> float:
@@ -271,7 +274,7 @@ def student_config(name: str, folders: dict, targets: dict, size: tuple[int, int
                   "endpoint": args.endpoint, "resize_factor": args.resize_factor},
         "train_iter": args.iterations, "validation_interval": max(1, args.iterations // 10),
         "save_interval": max(1, args.iterations // 5), "keep_checkpoints": 2, "log_interval": 25, "seed": seed,
-        "device": "cpu",
+        "device": args.device,
     }
     if name == "mobilenetvlad_imagenet":
         overrides["model"].update({"vlad_init": "kmeans", "vlad_init_images": 100,
@@ -389,6 +392,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="run seeds 0..SEEDS-1 (default 3)")
     parser.add_argument("--threads", type=int, default=2,
                         help="processes run side by side, each on one thread (results do not depend on it)")
+    parser.add_argument("--device", default="cpu",
+                        help="students' training and description: cpu (default) or cuda[:N]; on a GPU, larger "
+                             "inputs with --height/--width (the teacher stays on the CPU)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--teachers-only", action="store_true",
                         help="only fill the teacher cache (teachers, training targets, evaluation descriptors)")
@@ -462,13 +468,14 @@ def main() -> None:
         for (seed, name), config in configs.items():
             jobs[(seed, name, "train")] = (train_student, str(seed_dirs[seed] / "experiments" / name), config)
             jobs.update(describe_jobs(seed, f"{name} initial", {"kind": "initial", "config": config,
-                                                               "target_dim": teacher_dims[seed]}))
+                                                               "target_dim": teacher_dims[seed],
+                                                               "device": args.device}))
         summaries = {key[:2]: value for key, value in run_jobs(pool, jobs).items() if key[2] == "train"}
         # 4. the trained students described
         jobs = {}
         for seed, name in configs:
             jobs.update(describe_jobs(seed, f"{name} distilled", {
-                "kind": "trained", "name": name,
+                "kind": "trained", "name": name, "device": args.device,
                 "path": str(seed_dirs[seed] / "experiments" / name / "model.pt")}))
         run_jobs(pool, jobs)
     labels = [TEACHER] + [f"{name} {stage}" for name in args.students for stage in ("initial", "distilled")]
