@@ -28,6 +28,7 @@ import math
 import os
 import shutil
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
@@ -128,6 +129,13 @@ class SceneMap:
     def names(self) -> list[str]:
         """Image names in map order."""
         return [im.name for im in self.images]
+
+    @cached_property
+    def camera_poses(self) -> np.ndarray:
+        """(N, 4, 4) T_world_cam of the images in map order, stacked once (trackers ask for them every frame)."""
+        if not self.images:
+            return np.zeros((0, 4, 4))
+        return np.stack([im.pose for im in self.images]).astype(np.float64)
 
     @property
     def num_points(self) -> int:

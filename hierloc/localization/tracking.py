@@ -122,13 +122,12 @@ def keyframes_near_pose(scene: SceneMap, T_cam_world: np.ndarray, count: int = 5
     if not scene.images or count < 1:
         return []
     T_world_cam = invert_pose(np.asarray(T_cam_world, dtype=np.float64))
-    poses = np.stack([image.pose for image in scene.images])  # T_world_cam of every keyframe
+    poses = scene.camera_poses  # T_world_cam of every keyframe
     distances = np.linalg.norm(poses[:, :3, 3] - T_world_cam[:3, 3], axis=1)
     cosines = poses[:, :3, 2] @ T_world_cam[:3, 2]  # optical axes (unit z of each camera) in the world
     eligible = np.flatnonzero(cosines >= np.cos(np.radians(max_angle_deg)) - 1e-9)
     nearest = eligible[np.argsort(distances[eligible], kind="stable")[:count]]
-    names = scene.names
-    return [names[i] for i in nearest]
+    return [scene.images[i].name for i in nearest]
 
 
 def keyframe_spacing(scene: SceneMap) -> float:
@@ -136,7 +135,7 @@ def keyframe_spacing(scene: SceneMap) -> float:
     (1.0 for a map of fewer than two keyframes, or all at one place)."""
     if len(scene.images) < 2:
         return 1.0
-    centres = np.stack([image.pose[:3, 3] for image in scene.images])
+    centres = scene.camera_poses[:, :3, 3]
     nearest = np.empty(len(centres))
     for start in range(0, len(centres), 1024):  # blocks of rows: memory stays bounded on large maps
         distances = np.linalg.norm(centres[start:start + 1024, None, :] - centres[None, :, :], axis=2)

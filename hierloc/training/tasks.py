@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .augmentation import build_augmentation
+from .config import DEFAULT_DISTILLATION_MODEL
 from .data import DistillationDataset, list_distillation_items, split_items
 from .losses import distillation_loss, similarity_distillation_loss, triplet_loss
 
@@ -61,15 +62,16 @@ class DistillationTask:
         self.target_dim = self.train_dataset.descriptor_dim
         self.augmentation = build_augmentation(data.get("augmentation"), _image_size(data["preprocessing"]))
         model = config["model"]
-        self.l2_weight = float(model.get("distill_l2_weight", 1.0))
-        self.similarity_weight = float(model.get("distill_similarity_weight", 0.0))
-        self.temperature = float(model.get("distill_temperature", 0.05))
+        options = {**DEFAULT_DISTILLATION_MODEL, **model}
+        self.l2_weight = float(options["distill_l2_weight"])
+        self.similarity_weight = float(options["distill_similarity_weight"])
+        self.temperature = float(options["distill_temperature"])
         if self.l2_weight < 0 or self.similarity_weight < 0 or self.l2_weight + self.similarity_weight <= 0:
             raise ValueError("model.distill_l2_weight and model.distill_similarity_weight must be >= 0, "
                              "not both 0")
         self.anchors = None
         if self.similarity_weight > 0:
-            self.anchors = similarity_anchors(self.train_dataset, int(model.get("distill_anchors", 4096)),
+            self.anchors = similarity_anchors(self.train_dataset, int(options["distill_anchors"]),
                                               seed=int(config.get("seed", 0)))
         logger.info("distillation data: %d training and %d validation images, %d-D teacher descriptors%s",
                     len(self.train_dataset), len(self.validation_dataset), self.target_dim,
