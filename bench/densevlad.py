@@ -10,6 +10,10 @@ that they share the machine's state. Prints a table; `--json out.json` writes th
 
 from __future__ import annotations
 
+import hierloc  # noqa: F401  (first: it stops OpenBLAS threads spinning, which it must do before numpy loads)
+
+# isort: split
+
 import argparse
 import dataclasses
 import logging

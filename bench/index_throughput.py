@@ -14,6 +14,10 @@ Usage: python bench/index_throughput.py [--resize 128x64] [--threads 2] [--json 
 
 from __future__ import annotations
 
+import hierloc  # noqa: F401  (first: it stops OpenBLAS threads spinning, which it must do before numpy loads)
+
+# isort: split
+
 import os
 
 # Spinning OpenMP threads make a 2-core machine shared with other jobs many times slower (a thread

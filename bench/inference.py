@@ -23,6 +23,10 @@ Usage: python bench/inference.py [--threads 2] [--json out.json] [--max-images 2
 
 from __future__ import annotations
 
+import hierloc  # noqa: F401  (first: it stops OpenBLAS threads spinning, which it must do before numpy loads)
+
+# isort: split
+
 import argparse
 import logging
 import platform
@@ -36,6 +40,7 @@ from typing import Callable
 import cv2
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from hierloc.describers.base import NETWORK_PREPROCESSING
 from hierloc.export.runtime import adapt_channels
@@ -213,7 +218,7 @@ def cosine_check(runners: dict[str, Runner], reference: Runner, images: list[tup
     """Per variant: the smallest cosine to `reference` over all images, overall and per dataset."""
     worst: dict[str, dict[str, float]] = {name: {} for name in runners}
     worst_image: dict[str, tuple[float, str]] = {}
-    for index, (dataset, image) in enumerate(images):
+    for index, (dataset, image) in enumerate(tqdm(images, desc="cosine check", unit="img")):
         batch = image_to_tensor(image)
         expected = reference(batch)[0]
         for name, run in runners.items():

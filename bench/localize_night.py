@@ -11,6 +11,10 @@ Usage: python bench/localize_night.py [--data ../shared/data/sacre_coeur] [--met
 
 from __future__ import annotations
 
+import hierloc  # noqa: F401  (first: it stops OpenBLAS threads spinning, which it must do before numpy loads)
+
+# isort: split
+
 import argparse
 import logging
 import os

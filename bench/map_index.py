@@ -12,6 +12,10 @@ Usage: python bench/map_index.py [--frames 60] [--threads 2] [--json out.json]
 
 from __future__ import annotations
 
+import hierloc  # noqa: F401  (first: it stops OpenBLAS threads spinning, which it must do before numpy loads)
+
+# isort: split
+
 import argparse
 import statistics
 import time

@@ -31,6 +31,10 @@ Usage: python bench/rerank.py --json out.json [--datasets demo,demo160,strecha,n
 
 from __future__ import annotations
 
+import hierloc  # noqa: F401  (first: it stops OpenBLAS threads spinning, which it must do before numpy loads)
+
+# isort: split
+
 import argparse
 import dataclasses
 import os

@@ -33,6 +33,10 @@ Usage: python bench/search.py --json out.json        # all sizes (1M takes about
 
 from __future__ import annotations
 
+import hierloc  # noqa: F401  (first: it stops OpenBLAS threads spinning, which it must do before numpy loads)
+
+# isort: split
+
 import os
 
 # Spinning OpenMP threads make a 2-core machine shared with other jobs many times slower (a thread

@@ -31,6 +31,10 @@ Prints a table; `--json out.json` writes
 
 from __future__ import annotations
 
+import hierloc  # noqa: F401  (first: it stops OpenBLAS threads spinning, which it must do before numpy loads)
+
+# isort: split
+
 import argparse
 import hashlib
 import logging

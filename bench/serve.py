@@ -22,6 +22,10 @@ Everything it starts is stopped by PID. Usage:
 
 from __future__ import annotations
 
+import hierloc  # noqa: F401  (first: it stops OpenBLAS threads spinning, which it must do before numpy loads)
+
+# isort: split
+
 import argparse
 import gc
 import os

@@ -16,6 +16,10 @@ Usage: python bench/tracking.py [--frames 200] [--threads 2] [--json out.json]
 
 from __future__ import annotations
 
+import hierloc  # noqa: F401  (first: it stops OpenBLAS threads spinning, which it must do before numpy loads)
+
+# isort: split
+
 import argparse
 import dataclasses
 import time

@@ -45,6 +45,9 @@ class LocalFeatureExtractor(abc.ABC):
     name: ClassVar[str] = ""
     grayscale: ClassVar[bool] = True  # whether `_detect` takes HxW (True) or HxWx3 RGB (False)
     size_multiple: ClassVar[int] = 1  # the network needs sides divisible by this
+    # Whether `_detect` computes with torch (on its intra-op threads); False lets a localizer run it beside
+    # the retrieval network (see LocalizerConfig.concurrent_stages).
+    uses_torch: ClassVar[bool] = True
 
     def __init__(self, config: ExtractorConfig) -> None:
         if config.max_keypoints is not None and config.max_keypoints < 1:

@@ -38,6 +38,7 @@ class SIFT(LocalFeatureExtractor):
 
     name = "sift"
     grayscale = True
+    uses_torch = False  # OpenCV or pycolmap
 
     def __init__(self, config: SIFTConfig | None = None) -> None:
         config = config or SIFTConfig()

@@ -11,6 +11,10 @@ places (`clustering`), matching the query against each place's keyframes and lif
 to 2D-3D correspondences (`matching`), and pycolmap absolute pose LO-RANSAC + refinement
 (`pose`). Places are tried best first; the first one with at least `min_inliers` inliers gives the
 pose. A query without such a place is a failure: its pose is None, never a retrieved keyframe's.
+
+Local features that run outside torch (OpenCV SIFT) can be extracted on a worker thread while the
+retrieval network runs on the calling one (`LocalizerConfig.concurrent_stages`; by default the faster
+mode is measured on the first queries: see `stage_modes`).
 """
 
 from __future__ import annotations
@@ -33,9 +37,11 @@ from ..features import LocalFeatures, make_extractor, make_matcher
 from ..features.matchers import MutualNearestNeighbor
 from ..maps.poses import invert_pose
 from ..maps.types import Camera
+from ..utils.threads import torch_threads
 from .absolute_pose import PoseEstimationConfig, estimate_absolute_pose, query_camera
 from .clustering import covisibility_clusters
 from .scene_map import SceneMap
+from .stage_modes import CONCURRENT, SEQUENTIAL, StageModeChooser, stage_mode_chooser
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +64,10 @@ class LocalizerConfig:
     pose: PoseEstimationConfig = field(default_factory=PoseEstimationConfig)
     default_fov_deg: float | None = None  # camera of uncalibrated queries without EXIF; None: COLMAP's guess
     trace_global_network: bool = True  # faster per frame after a one-off cost of seconds (see GlobalExtractor)
+    # Retrieval and local features of a query at the same time, on two threads (on a CPU the network gets one
+    # thread fewer). None: when the local features run outside torch (OpenCV SIFT) and torch has 2+ threads or
+    # a GPU, whichever mode the first warm queries measure faster (see stage_modes). Results are the same.
+    concurrent_stages: bool | None = None
 
 
 @dataclass(eq=False)
@@ -121,11 +131,7 @@ class _Described:
     retrieved: list[str]
     features: LocalFeatures
     timings: dict[str, float]
-
-    @property
-    def network_seconds(self) -> float:
-        """Wall clock of the network stages of this query."""
-        return self.timings["retrieval"] + self.timings["local_features"]
+    network_seconds: float  # wall clock of the network stages (less than their sum when they ran concurrently)
 
 
 @dataclass
@@ -153,6 +159,9 @@ class Localizer:
         self._only_3d = isinstance(self.matcher, MutualNearestNeighbor) if only_3d is None else bool(only_3d)
         self._targets: dict[str, _Target] = {}
         self._lock = threading.Lock()
+        self._stage_pool: ThreadPoolExecutor | None = None  # the concurrent local-feature stage, made on first use
+        self._stage_chooser: StageModeChooser | None = None
+        self._network_calls = 0  # the traced network's first calls are slow: the stage modes are timed after them
         self._global = None
         self._retriever = None
         if config.num_retrieved and scene.global_index is not None:
@@ -182,6 +191,7 @@ class Localizer:
         if self._retriever is None:
             raise ValueError("this map has no global index to retrieve from")
         descriptor = self._global.describe(image)
+        self._network_calls += 1
         k = min(k or self.config.num_retrieved, len(self.scene))
         return self._retriever.retrieve(descriptor, k=k)[0]
 
@@ -270,13 +280,66 @@ class Localizer:
     def _describe(self, image: np.ndarray, candidates: Sequence[str] | None = None) -> _Described:
         """The network stages of a query: retrieval (global descriptor + search, unless given) and local features."""
         timings = {stage: 0.0 for stage in STAGES}
-        t0 = time.perf_counter()
-        retrieved = self.retrieve(image) if candidates is None else list(candidates)
-        timings["retrieval"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        features = self.extractor.extract(image)
-        timings["local_features"] = time.perf_counter() - t0
-        return _Described(retrieved, features, timings)
+        start = time.perf_counter()
+        mode = self._stage_mode() if candidates is None else SEQUENTIAL
+        if mode == CONCURRENT:
+            local = self._local_stage_pool().submit(_timed, self.extractor.extract, image)
+            if self.device.type == "cpu":  # the OpenCV stage keeps one core busy: leave it to it
+                with torch_threads(torch.get_num_threads() - 1):
+                    retrieved, timings["retrieval"] = _timed(self.retrieve, image)
+            else:
+                retrieved, timings["retrieval"] = _timed(self.retrieve, image)
+            features, timings["local_features"] = local.result()
+        else:
+            if candidates is None:
+                retrieved, timings["retrieval"] = _timed(self.retrieve, image)
+            else:
+                retrieved = list(candidates)
+            features, timings["local_features"] = _timed(self.extractor.extract, image)
+        seconds = time.perf_counter() - start
+        if self._stage_chooser is not None and candidates is None:
+            self._stage_chooser.record(mode, seconds)
+        return _Described(retrieved, features, timings, seconds)
+
+    def _stage_mode(self) -> str:
+        """Sequential or concurrent retrieval and local features for the next query (see `concurrent_stages`)."""
+        forced = self.config.concurrent_stages
+        if self._retriever is None or forced is False:
+            return SEQUENTIAL
+        if forced:
+            return CONCURRENT
+        if not self._may_run_stages_concurrently():
+            return SEQUENTIAL
+        if self._network_calls < 3:  # the traced network is steady from its fourth call: the first would decide
+            return SEQUENTIAL
+        if self._stage_chooser is None:
+            setup = (self._global.kind, self._global.name, self._global.preprocessing,
+                     repr(sorted(self.extractor.describe_config().items())), self.device.type,
+                     torch.get_num_threads())
+            self._stage_chooser = stage_mode_chooser(setup)
+        return self._stage_chooser.next_mode()
+
+    def _may_run_stages_concurrently(self) -> bool:
+        """The automatic choice's precondition: local features off torch, and a GPU or a spare CPU thread."""
+        return not self.extractor.uses_torch and (self.device.type != "cpu" or torch.get_num_threads() >= 2)
+
+    @property
+    def stage_mode(self) -> dict:
+        """How retrieval and local features run: the choice (None while measuring) and its trial timings."""
+        if self._stage_chooser is not None:
+            return self._stage_chooser.summary()
+        forced = self.config.concurrent_stages
+        if forced is None and self._retriever is not None and self._may_run_stages_concurrently():
+            chosen = None  # measured after the first warm queries
+        else:
+            chosen = CONCURRENT if forced else SEQUENTIAL
+        return {"chosen": chosen, "trial_seconds": {}}
+
+    def _local_stage_pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._stage_pool is None:
+                self._stage_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hierloc-local-features")
+            return self._stage_pool
 
     def _match_and_pose(self, described: _Described, image: np.ndarray, camera: Camera | None, name: str,
                         image_path: str | os.PathLike | None) -> LocalizationResult:
@@ -380,6 +443,12 @@ class Localizer:
         query, future = ahead.popleft()
         image, described = future.result()
         return self._match_and_pose(described, image, query.camera, query.name, query.image_path)
+
+
+def _timed(function: Callable, *args) -> tuple[Any, float]:
+    """`function(*args)` and the seconds it took."""
+    t0 = time.perf_counter()
+    return function(*args), time.perf_counter() - t0
 
 
 def _inlier_matches(scene: SceneMap, q_idx: np.ndarray, p_rows: np.ndarray, inlier_mask: np.ndarray,
