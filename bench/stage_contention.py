@@ -46,24 +46,17 @@ def run_child(scene: Path, queries: int, global_resize: int, concurrent: bool) -
 
     configure_threads(2)
     from hierloc.localization import GlobalConfig, Localizer, LocalizerConfig, MapBuildConfig, build_scene_map
-    from hierloc.localization.build import attach_global_index
-    from hierloc.localization.retrieval import describe_prepared_images, global_describer
     from hierloc.maps import load_map
 
     scene_map = load_map(scene)
-    keyframes = list(scene_map.keyframes())
-    images = {kf.name: kf.load_image() for kf in keyframes}
-    query, others = keyframes[0], [kf.name for kf in keyframes[1:]]
-    describer = global_describer(GlobalConfig(resize_max=global_resize), lambda: [images[n] for n in others])
-    descriptors = describe_prepared_images(describer, [describer.prepare(images[n]) for n in others],
-                                           progress=False)
-    config = MapBuildConfig(features="sift-fast", matcher="mnn-ratio", global_model=GlobalConfig(model="none"))
+    query = next(iter(scene_map.keyframes()))
+    config = MapBuildConfig(features="sift-fast", matcher="mnn-ratio",
+                            global_model=GlobalConfig(resize_max=global_resize))
     with tempfile.TemporaryDirectory(prefix="hierloc-contention-") as folder:
         built, _ = build_scene_map(scene_map, config, exclude=[query.name], progress=False,
                                    feature_cache=Path(folder) / "features.h5")
-    attach_global_index(built, describer, descriptors, others)
     localizer = Localizer(built, LocalizerConfig(concurrent_stages=concurrent))
-    image = images[query.name]
+    image = query.load_image()
     for _ in range(4):  # tracing, then the traced network's warm-up calls
         localizer.localize(image, query.camera, query.name)
     rows, cpu0 = [], time.process_time()

@@ -19,6 +19,7 @@ mode is measured on the first queries: see `stage_modes`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -41,7 +42,7 @@ from ..utils.threads import torch_threads
 from .absolute_pose import PoseEstimationConfig, estimate_absolute_pose, query_camera
 from .clustering import covisibility_clusters
 from .scene_map import SceneMap
-from .stage_modes import CONCURRENT, SEQUENTIAL, StageModeChooser, stage_mode_chooser
+from .stage_modes import CONCURRENT, MEASURED, SEQUENTIAL, StageModeChooser, stage_mode_chooser
 
 logger = logging.getLogger(__name__)
 
@@ -284,10 +285,10 @@ class Localizer:
         mode = self._stage_mode() if candidates is None else SEQUENTIAL
         if mode == CONCURRENT:
             local = self._local_stage_pool().submit(_timed, self.extractor.extract, image)
-            if self.device.type == "cpu":  # the OpenCV stage keeps one core busy: leave it to it
-                with torch_threads(torch.get_num_threads() - 1):
-                    retrieved, timings["retrieval"] = _timed(self.retrieve, image)
-            else:
+            # On a CPU the OpenCV stage keeps one core busy: the network gets the others.
+            network_threads = (torch_threads(torch.get_num_threads() - 1) if self.device.type == "cpu"
+                               else contextlib.nullcontext())
+            with network_threads:
                 retrieved, timings["retrieval"] = _timed(self.retrieve, image)
             features, timings["local_features"] = local.result()
         else:
@@ -301,15 +302,23 @@ class Localizer:
             self._stage_chooser.record(mode, seconds)
         return _Described(retrieved, features, timings, seconds)
 
-    def _stage_mode(self) -> str:
-        """Sequential or concurrent retrieval and local features for the next query (see `concurrent_stages`)."""
+    def _stage_policy(self) -> str:
+        """SEQUENTIAL or CONCURRENT when fixed (by `concurrent_stages` or the set-up), else MEASURED."""
         forced = self.config.concurrent_stages
         if self._retriever is None or forced is False:
             return SEQUENTIAL
         if forced:
             return CONCURRENT
-        if not self._may_run_stages_concurrently():
+        # The automatic choice needs local features off torch, and a GPU or a spare CPU thread.
+        if self.extractor.uses_torch or (self.device.type == "cpu" and torch.get_num_threads() < 2):
             return SEQUENTIAL
+        return MEASURED
+
+    def _stage_mode(self) -> str:
+        """Sequential or concurrent retrieval and local features for the next query (see `concurrent_stages`)."""
+        policy = self._stage_policy()
+        if policy != MEASURED:
+            return policy
         if self._network_calls < 3:  # the traced network is steady from its fourth call: the first would decide
             return SEQUENTIAL
         if self._stage_chooser is None:
@@ -319,21 +328,13 @@ class Localizer:
             self._stage_chooser = stage_mode_chooser(setup)
         return self._stage_chooser.next_mode()
 
-    def _may_run_stages_concurrently(self) -> bool:
-        """The automatic choice's precondition: local features off torch, and a GPU or a spare CPU thread."""
-        return not self.extractor.uses_torch and (self.device.type != "cpu" or torch.get_num_threads() >= 2)
-
     @property
     def stage_mode(self) -> dict:
         """How retrieval and local features run: the choice (None while measuring) and its trial timings."""
         if self._stage_chooser is not None:
             return self._stage_chooser.summary()
-        forced = self.config.concurrent_stages
-        if forced is None and self._retriever is not None and self._may_run_stages_concurrently():
-            chosen = None  # measured after the first warm queries
-        else:
-            chosen = CONCURRENT if forced else SEQUENTIAL
-        return {"chosen": chosen, "trial_seconds": {}}
+        policy = self._stage_policy()
+        return {"chosen": None if policy == MEASURED else policy, "trial_seconds": {}}
 
     def _local_stage_pool(self) -> ThreadPoolExecutor:
         with self._lock:

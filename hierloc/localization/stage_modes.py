@@ -2,11 +2,12 @@
 
 Run concurrently, the local features (OpenCV SIFT, which hardly gains from a second core) take one
 core and the network the rest. What that gains depends on the sizes and the machine: one Strecha
-query localized again and again on 2 cores (bench/stage_contention.py) took 53 instead of 66 ms with
-the retrieval network at 320 px and 79 instead of 88 ms at 640 px, while across different queries the
-difference was within the spread. No rule of thumb covers every machine, network and extractor, so
-the choice is measured: a `StageModeChooser` times both modes on the first warm queries and keeps the
-faster one. Results are the same in both modes; only the timings differ.
+query localized again and again on 2 cores (bench/stage_contention.py) took 49 instead of 62 ms with
+the retrieval network at 320 px and the same 78 ms at 640 px (where the network on one thread is as
+slow as SIFT), while across different queries the difference was within the spread. No rule of thumb
+covers every machine, network and extractor, so the choice is measured: a `StageModeChooser` times
+both modes on the first warm queries and keeps the faster one. Results are the same in both modes;
+only the timings differ.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import threading
 from typing import Hashable
 
 SEQUENTIAL, CONCURRENT = "sequential", "concurrent"
+MEASURED = "measured"  # neither fixed: a chooser times both
 
 
 class StageModeChooser:
@@ -68,7 +70,7 @@ _CHOOSERS_LOCK = threading.Lock()
 
 
 def stage_mode_chooser(setup: Hashable) -> StageModeChooser:
-    """The process's chooser for one set-up (network, extractor, device, threads, image size).
+    """The process's chooser for one set-up (network and its preprocessing, extractor, device, threads).
 
     Shared by every localizer of the process with that set-up: the costs do not depend on the map,
     and a program that builds many localizers (one per map) decides once.

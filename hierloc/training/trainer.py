@@ -133,24 +133,28 @@ def learning_rate_at(iteration: int, learning_rate, steps, schedule: str = "step
     `warmup` iterations (from 1/warmup to 1).
     """
     factor = min(1.0, (iteration + 1) / warmup) if warmup and warmup > 0 else 1.0
+    return factor * _scheduled_rate(iteration, learning_rate, steps, schedule, total)
+
+
+def _scheduled_rate(iteration: int, learning_rate, steps, schedule: str, total: int | None) -> float:
     if schedule == "cosine":
         values = list(learning_rate) if isinstance(learning_rate, (list, tuple)) else [learning_rate, 0.0]
         if not total or total < 1:
             raise ValueError("the cosine learning rate schedule needs the number of iterations")
         progress = min(1.0, iteration / total)
         start, end = float(values[0]), float(values[-1])
-        return factor * (end + 0.5 * (start - end) * (1.0 + math.cos(math.pi * progress)))
+        return end + 0.5 * (start - end) * (1.0 + math.cos(math.pi * progress))
     if schedule != "step":
         raise ValueError(f"unknown learning_rate_schedule {schedule!r}: use 'step' or 'cosine'")
     if not isinstance(learning_rate, (list, tuple)):
-        return factor * float(learning_rate)
+        return float(learning_rate)
     if len(steps or []) != len(learning_rate) - 1:
         raise ValueError(f"learning_rate has {len(learning_rate)} values: learning_rate_step needs "
                          f"{len(learning_rate) - 1} boundaries, got {steps}")
     for value, boundary in zip(learning_rate, steps):
         if iteration < boundary:
-            return factor * float(value)
-    return factor * float(learning_rate[-1])
+            return float(value)
+    return float(learning_rate[-1])
 
 
 def seed_everything(seed: int) -> None:
